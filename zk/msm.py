@@ -1,0 +1,318 @@
+"""Multi-scalar multiplication on BN254 G1: Pippenger with batched-affine buckets, fixed-base tables.
+
+Two entry points (derivations in zk/notes/arithmetic.md):
+  * :func:`msm` for variable bases: GLV-split every point, signed c-bit windows, all buckets of all
+    windows filled by one batched-affine tree reduction, the windows' weighted bucket sums run in
+    lockstep (batched too), then Horner over the windows in Jacobian coordinates.
+  * :class:`FixedBases` for generators known in advance: each base stores 2^(8k) * B_i for k < 32, so
+    a fixed-base MSM is a single window of 128 buckets with no doublings at all.
+Both are variable-time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gmpy2 import mpz
+
+from zk.field import P, R
+from zk.g1 import (
+    BETA,
+    JAC_INF,
+    Affine,
+    Jacobian,
+    affine_add,
+    affine_double,
+    affine_sum,
+    batch_add_pairs,
+    glv_split,
+    jac_add_affine,
+    jac_double,
+    jac_to_affine,
+    odd_multiples,
+    straus,
+    wnaf,
+)
+
+Point = tuple[mpz, mpz]
+
+
+def bucket_sums(items: Sequence[tuple[int, Point]], nbuckets: int) -> list[Affine]:
+    """Sum the points dropped into each bucket: pairs are formed on arrival, then each level of
+    the per-bucket trees is one batched-affine addition."""
+    pending: list[Affine] = [None] * nbuckets
+    pairs: list[tuple[Point, Point]] = []
+    owners: list[int] = []
+    for b, pt in items:
+        q = pending[b]
+        if q is None:
+            pending[b] = pt
+        else:
+            pairs.append((q, pt))
+            owners.append(b)
+            pending[b] = None
+    while pairs:
+        sums = batch_add_pairs(pairs)
+        pairs = []
+        next_owners = []
+        for b, s in zip(owners, sums):
+            if s is None:
+                continue
+            q = pending[b]
+            if q is None:
+                pending[b] = s
+            else:
+                pairs.append((q, s))
+                next_owners.append(b)
+                pending[b] = None
+        owners = next_owners
+    return pending
+
+
+def lockstep_add(accs: Sequence[Affine], addends: Sequence[Affine]) -> list[Affine]:
+    """Element-wise accs[i] + addends[i] with all the finite pairs in one batched addition."""
+    out = list(accs)
+    idx = []
+    pairs = []
+    for i, (a, b) in enumerate(zip(accs, addends)):
+        if b is None:
+            continue
+        if a is None:
+            out[i] = b
+        else:
+            idx.append(i)
+            pairs.append((a, b))
+    if pairs:
+        for i, s in zip(idx, batch_add_pairs(pairs)):
+            out[i] = s
+    return out
+
+
+def weighted_sums(lanes: Sequence[Sequence[Affine]]) -> tuple[list[Affine], list[Affine]]:
+    """For each lane B_1..B_L (list index j-1), T = sum j*B_j and S = sum B_j, by running sums
+    (S_j = S_{j+1} + B_j, T += S_j) advanced in lockstep across the lanes."""
+    length = len(lanes[0])
+    run: list[Affine] = [None] * len(lanes)
+    tot: list[Affine] = [None] * len(lanes)
+    for j in range(length - 1, -1, -1):
+        run = lockstep_add(run, [lane[j] for lane in lanes])
+        tot = lockstep_add(tot, run)
+    return tot, run
+
+
+def small_multiple(a: Affine, k: int) -> Affine:
+    """k * a for a small non-negative k by double-and-add in affine coordinates."""
+    acc: Affine = None
+    for bit in bin(k)[2:]:
+        acc = affine_double(acc)
+        if bit == "1":
+            acc = affine_add(acc, a)
+    return acc
+
+
+def reduce_buckets(buckets: Sequence[Affine], segments: int = 16) -> Affine:
+    """sum_{j>=1} j * buckets[j-1], splitting the buckets into lanes of equal length so that the
+    running sums batch: j = q*L + i gives sum_q T_q + L * sum_q q * S_q."""
+    n = len(buckets)
+    if n % segments:
+        segments = 1
+    lane_len = n // segments
+    lanes = [buckets[q * lane_len : (q + 1) * lane_len] for q in range(segments)]
+    tots, sums = weighted_sums(lanes)
+    if segments == 1:
+        return tots[0]
+    outer, _ = weighted_sums([sums[1:]])  # sum_q q * S_q
+    return affine_sum([*tots, small_multiple(outer[0], lane_len)])
+
+
+# --- fixed bases -------------------------------------------------------------------------------
+
+FIXED_WINDOW = 8
+FIXED_WINDOWS = 32  # k + OFFSET < 2^256 for every k < r < 2^254
+_FIXED_OFFSET = int.from_bytes(b"\x80" * FIXED_WINDOWS, "little")
+_HALF = 1 << (FIXED_WINDOW - 1)
+
+
+def batch_double_n(points: Sequence[Point], times: int) -> list[Point]:
+    """2^times * a for many points at once, each doubling step one shared inversion."""
+    from zk.field import batch_inverse
+
+    pts = list(points)
+    for _ in range(times):
+        invs = batch_inverse([2 * y for _, y in pts])
+        nxt = []
+        for (x, y), inv in zip(pts, invs):
+            lam = 3 * x * x * inv % P
+            x3 = (lam * lam - 2 * x) % P
+            nxt.append((x3, (lam * (x - x3) - y) % P))
+        pts = nxt
+    return pts
+
+
+class FixedBases:
+    """Bases known in advance, each with the table [2^(8k) B, -2^(8k) B for k < 32].
+
+    A scalar k < r is written k = sum_k (b_k - 128) 2^(8k) with b_k the bytes of k + 0x8080...80,
+    so each base contributes one table point to bucket |b_k - 128| per window.
+    """
+
+    def __init__(self, bases: Sequence[Point]) -> None:
+        self.bases = list(bases)
+        self.tables: list[list[Point]] = []  # per base: [+T_0, ..., +T_31] then [-T_0, ..., -T_31]
+        self.extend_to(0)
+
+    def extend_to(self, count: int) -> None:
+        """Build the tables of the first ``count`` bases (built lazily, kept for the process)."""
+        start = len(self.tables)
+        if count <= start:
+            return
+        column = list(self.bases[start:count])
+        cols = [column]
+        for _ in range(FIXED_WINDOWS - 1):
+            column = batch_double_n(column, FIXED_WINDOW)
+            cols.append(column)
+        for i in range(count - start):
+            pos = [c[i] for c in cols]
+            self.tables.append(pos + [(x, P - y) for x, y in pos])
+
+    def msm(self, scalars: Sequence[int], indices: Sequence[int] | None = None) -> Jacobian:
+        """sum scalars[t] * bases[indices[t]] (indices default to 0, 1, 2, ...)."""
+        if indices is None:
+            indices = range(len(scalars))
+        self.extend_to(max(indices, default=-1) + 1)
+        items: list[tuple[int, Point]] = []
+        append = items.append
+        tables = self.tables
+        offset = _FIXED_OFFSET
+        for idx, k in zip(indices, scalars):
+            k = int(k) % int(R)
+            if not k:
+                continue
+            table = tables[idx]
+            for w, byte in enumerate((k + offset).to_bytes(FIXED_WINDOWS, "little")):
+                if byte > _HALF:
+                    append((byte - _HALF - 1, table[w]))
+                elif byte < _HALF:
+                    append((_HALF - byte - 1, table[FIXED_WINDOWS + w]))
+        buckets = bucket_sums(items, _HALF)
+        total = reduce_buckets(buckets)
+        return JAC_INF if total is None else (total[0], total[1], mpz(1))
+
+
+# --- variable bases ----------------------------------------------------------------------------
+
+GLV_BITS = 130  # |k1|, |k2| < 2^129 for the basis in zk.g1 (checked in tests)
+STRAUS_MAX = 4
+
+
+def _window_for(npoints: int) -> int:
+    """The window c that minimises npoints*W + W*2^c with W = ceil((GLV_BITS+1)/c), the count of
+    bucket insertions plus running-sum additions."""
+    best = min(range(2, 14), key=lambda c: (-(-(GLV_BITS + 1) // c)) * (npoints + (1 << c)))
+    return best
+
+
+def msm(points: Sequence[Affine], scalars: Sequence[int]) -> Jacobian:
+    """sum scalars[i] * points[i] for arbitrary points of G1 (variable time)."""
+    split: list[tuple[Point, int]] = []
+    for pt, k in zip(points, scalars):
+        k = mpz(k) % R
+        if pt is None or k == 0:
+            continue
+        k1, k2 = glv_split(k)
+        x, y = pt
+        split.append(((x, y) if k1 >= 0 else (x, P - y), int(abs(k1))))
+        split.append(((BETA * x % P, y if k2 >= 0 else P - y), int(abs(k2))))
+    if not split:
+        return JAC_INF
+    if len(split) <= 2 * STRAUS_MAX:
+        return straus([(wnaf(k, 5), odd_multiples(pt, 8)) for pt, k in split])
+    c = _window_for(len(split))
+    nwin = -(-(GLV_BITS + 1) // c)
+    half = 1 << (c - 1)
+    mask = (1 << c) - 1
+    offset = sum(half << (c * w) for w in range(nwin))
+    items: list[tuple[int, Point]] = []
+    append = items.append
+    for pt, k in split:
+        kk = k + offset
+        neg = (pt[0], P - pt[1])
+        base = 0
+        for _ in range(nwin):
+            d = (kk & mask) - half
+            kk >>= c
+            if d > 0:
+                append((base + d - 1, pt))
+            elif d < 0:
+                append((base - d - 1, neg))
+            base += half
+    buckets = bucket_sums(items, nwin * half)
+    lanes = [buckets[w * half : (w + 1) * half] for w in range(nwin)]
+    window_sums, _ = weighted_sums(lanes)
+    acc = JAC_INF
+    for w in range(nwin - 1, -1, -1):
+        for _ in range(c):
+            acc = jac_double(acc)
+        acc = jac_add_affine(acc, window_sums[w])
+    return acc
+
+
+def msm_affine(points: Sequence[Affine], scalars: Sequence[int]) -> Affine:
+    """:func:`msm` normalised to affine coordinates."""
+    return jac_to_affine(msm(points, scalars))
+
+
+# --- one fixed base, full window tables --------------------------------------------------------
+
+TABLE_WINDOW = 8
+
+
+class WindowTable:
+    """k * B for one fixed base B with no doublings: rows[i][d-1] = d * 2^(w i) * B for d <= 2^(w-1).
+
+    k + OFFSET = sum_i (d_i + 2^(w-1)) 2^(w i), so k * B = sum_i d_i 2^(w i) B is one table point
+    (or its negation) per non-zero digit, summed as a batched-affine tree. Built on first use.
+    """
+
+    def __init__(self, base: Point, window: int = TABLE_WINDOW) -> None:
+        self.base = base
+        self.window = window
+        self.windows = -(-256 // window)
+        self.half = 1 << (window - 1)
+        self.offset = sum(self.half << (window * i) for i in range(self.windows))
+        self.rows: list[list[Point]] = []
+
+    def _build(self) -> None:
+        starts = [self.base]
+        for _ in range(self.windows - 1):
+            starts.append(batch_double_n([starts[-1]], self.window)[0])
+        rows = [[s] for s in starts]
+        for _ in range(self.half - 1):  # row_i gains (j+1) * start_i from j * start_i, all rows batched
+            sums = batch_add_pairs([(row[-1], row[0]) for row in rows])
+            for row, s in zip(rows, sums):
+                assert s is not None
+                row.append(s)
+        self.rows = rows
+
+    def points_for(self, k: int) -> list[Point]:
+        """The table points whose sum is k * B."""
+        if not self.rows:
+            self._build()
+        k = int(k) % int(R)
+        kk = k + self.offset
+        mask = (1 << self.window) - 1
+        half = self.half
+        out = []
+        for row in self.rows:
+            d = (kk & mask) - half
+            kk >>= self.window
+            if d > 0:
+                out.append(row[d - 1])
+            elif d < 0:
+                x, y = row[-d - 1]
+                out.append((x, P - y))
+        return out
+
+    def mul(self, k: int) -> Affine:
+        """k * B in affine coordinates."""
+        return affine_sum(self.points_for(k))
