@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zk import bn254, g1, pedersen, rangeproof  # noqa: E402
-from zk import generators as gens  # noqa: E402
-from zk.msm import msm  # noqa: E402
+from zk import bn254, g1, pedersen, rangeproof
+from zk import generators as gens
+from zk.msm import msm
+from zk.transcript import context_transcript
 
 TARGETS_MS = {
     "scalar_mul": 0.22,
@@ -152,7 +153,7 @@ def bench_verifier_msm(reps: int) -> float:
     """The MSM that verify() evaluates for one 64-bit proof: 130 fixed generators + 17 proof points."""
     commitments, proof = make_proof(1)
     points, scalars, fixed = rangeproof._verification_terms(
-        commitments, proof, 64, b"bench", rangeproof.mpz(1), rangeproof._random_weight()
+        context_transcript(b"bench"), commitments, proof, 64, rangeproof.mpz(1), rangeproof._random_weight()
     )
     assert len(points) + len(fixed) == 147
     return median_ms(lambda: rangeproof._check_identity(points, scalars, fixed, 64), reps)

@@ -1,24 +1,31 @@
-"""Ethereum's ecAdd / ecMul precompile vectors (go-ethereum testdata) through zk.bn254 and zk.msm.
+"""Conformance with outside references: Ethereum's precompile vectors, py_ecc and mclbn256.
 
-The file is ../shared/vectors/alt_bn128_precompiles.json. Inputs are x || y big-endian 32-byte words
-(all-zero 64 bytes = the point at infinity), followed for ecMul by a 32-byte big-endian scalar. Like the
-EVM, a short input is right-padded with zeros and bytes beyond the fixed input length are ignored.
-An entry whose expected output is empty, or that names an error, is a call the EVM rejects: its points
-must be refused by from_affine.
+Ethereum's ecAdd / ecMul vectors (go-ethereum testdata) are ../shared/vectors/alt_bn128_precompiles.json.
+Inputs are x || y big-endian 32-byte words (all-zero 64 bytes = the point at infinity), followed for
+ecMul by a 32-byte big-endian scalar. Like the EVM, a short input is right-padded with zeros and bytes
+beyond the fixed input length are ignored. An entry whose expected output is empty, or that names an
+error, is a call the EVM rejects: its points must be refused by from_affine.
+
+Then zk.bn254 is compared point by point with py_ecc.optimized_bn128 (the reference) and with mclbn256
+(mcl in C, switched to alt_bn128) on random points and scalars.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from py_ecc import optimized_bn128 as ref
 
-from zk import bn254
+from zk import bn254, pedersen
 from zk.errors import EncodingError
 from zk.g1 import jac_to_affine
+from zk.hash_to_curve import hash_to_curve
 from zk.msm import FixedBases, msm
 
 ADD_INPUT_BYTES = 128
@@ -60,7 +67,8 @@ def _evm_output(pt: bn254.Point) -> str:
 
 
 def _is_failure(vector: dict[str, Any]) -> bool:
-    return not vector.get("expected") or any(k in vector for k in ("error", "expectedError", "expected_error"))
+    error_keys = ("error", "expectedError", "expected_error")
+    return not vector.get("expected") or any(k in vector for k in error_keys)
 
 
 def _ref_point(data: bytes, i: int) -> Any:
@@ -158,7 +166,7 @@ def test_ecmul_vectors_through_msm(precompiles: dict[str, Any]) -> None:
         if out != bytes(64):
             expected = expected + bn254.from_affine(_word(out, 0), _word(out, 1))
     assert jac_to_affine(msm(points, scalars)) == expected.xy
-    finite = [(pt, k) for pt, k in zip(points, scalars) if pt is not None]
+    finite = [(pt, k) for pt, k in zip(points, scalars, strict=True) if pt is not None]
     fixed = FixedBases([pt for pt, _ in finite])
     assert jac_to_affine(fixed.msm([k for _, k in finite])) == expected.xy
 
@@ -177,3 +185,110 @@ def test_off_curve_inputs_are_rejected(precompiles: dict[str, Any]) -> None:
             bn254.from_affine(x, y + bn254.FIELD_MODULUS)  # congruent, but not reduced
         tampered += 1
     assert tampered >= MIN_ADD_VECTORS
+
+
+# --- differential tests: zk against py_ecc -----------------------------------------------------
+
+
+# Written out here rather than imported, so the checks do not share constants with the code.
+P = 21888242871839275222246405745257275088696311157297823662689037894645226208583
+R = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+
+POOL = [(int(x), int(y)) for x, y in (hash_to_curve(b"test/conformance/%d" % i) for i in range(32))]
+POOL += [(1, 2), (1, P - 2)]
+H_XY = (int(bn254.H.xy[0]), int(bn254.H.xy[1]))  # checked against a reference derivation in test_generators
+pool_points = st.sampled_from(POOL)
+# hypothesis rarely draws very long integers from a wide range by itself: build some explicitly
+huge_ints = st.builds(
+    lambda hi, lo, sign: sign * (hi << 256 | lo),
+    st.integers(1, 2**60),
+    st.integers(0, 2**256 - 1),
+    st.sampled_from([1, -1]),
+)
+any_ints = st.one_of(
+    st.integers(0, R - 1),
+    st.sampled_from([0, 1, 2, R - 1, R, R + 1, -1, (R - 1) // 2]),
+    st.integers(-(2**300), 2**300),
+    huge_ints,
+)
+
+
+def ref_from_affine(x: int, y: int) -> Any:
+    return (ref.FQ(x), ref.FQ(y), ref.FQ.one())
+
+
+def ref_affine(pt: Any) -> tuple[int, int] | None:
+    if ref.is_inf(pt):
+        return None
+    x, y = ref.normalize(pt)
+    return (int(x), int(y))
+
+
+@given(a=pool_points, b=pool_points)
+def test_group_ops_match_reference(a: tuple[int, int], b: tuple[int, int]) -> None:
+    A, B = bn254.from_affine(*a), bn254.from_affine(*b)
+    rA, rB = ref_from_affine(*a), ref_from_affine(*b)
+    assert bn254.to_affine(A + B) == ref_affine(ref.add(rA, rB))
+    assert bn254.to_affine(A - B) == ref_affine(ref.add(rA, ref.neg(rB)))
+    assert bn254.to_affine(-A) == ref_affine(ref.neg(rA))
+    assert bn254.to_affine(A + A) == ref_affine(ref.double(rA))
+    assert bn254.to_affine(A + (-A)) is None
+
+
+@settings(max_examples=30)
+@given(xy=pool_points, k=any_ints)
+def test_scalar_mul_matches_reference(xy: tuple[int, int], k: int) -> None:
+    expected = ref_affine(ref.multiply(ref_from_affine(*xy), k % R))
+    assert bn254.to_affine(k * bn254.from_affine(*xy)) == expected
+
+
+@settings(max_examples=25)
+@given(a=any_ints, b=any_ints)
+def test_pedersen_matches_reference(a: int, b: int) -> None:
+    ref_h = ref_from_affine(*H_XY)
+    expected = ref_affine(ref.add(ref.multiply(ref.G1, a % R), ref.multiply(ref_h, b % R)))
+    assert bn254.to_affine(a * bn254.G + b * bn254.H) == expected
+    assert bn254.to_affine(pedersen.commit(a, b)) == expected
+
+
+# --- mclbn256: a third implementation ----------------------------------------------------------
+
+MCL_BN_SNARK1 = 4  # mcl's curve id for alt_bn128 (include/mcl/curve_type.h); the wheel starts on id 0
+
+
+@pytest.fixture(scope="module")
+def mcl() -> Iterator[Any]:
+    """mclbn256 switched to alt_bn128 for this module, then back to the curve it loads with."""
+    try:
+        from mclbn256 import mclbn256 as mcl_mod
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"mclbn256 is not importable: {exc}")
+    lib = mcl_mod.lib
+    if lib.mclBn_init(MCL_BN_SNARK1, mcl_mod.MCLBN_COMPILED_TIME_VAR) != 0:
+        pytest.skip("mclBn_init(MCL_BN_SNARK1) failed: this libmcl build lacks alt_bn128")
+    try:
+        if not mcl_mod.G1().fromstr(b"1 1 2", 10).valid():
+            pytest.skip("after mclBn_init(MCL_BN_SNARK1), (1, 2) is still not a valid mcl G1 point")
+        yield mcl_mod
+    finally:
+        lib.mclBn_init(mcl_mod.mclBn_CurveFp254BNb, mcl_mod.MCLBN_COMPILED_TIME_VAR)
+
+
+def mcl_mul(mcl_mod: Any, xy: tuple[int, int], k: int) -> tuple[int, int] | None:
+    pt = mcl_mod.G1().fromstr(b"1 %d %d" % xy, 10)
+    out = (pt * mcl_mod.Fr().fromstr(b"%d" % (k % R), 10)).normalize().tostr(10).split()
+    return None if out == [b"0"] else (int(out[1]), int(out[2]))
+
+
+def test_mcl_is_on_alt_bn128(mcl: Any) -> None:
+    assert mcl_mul(mcl, (1, 2), R - 1) == (1, P - 2)
+    assert mcl_mul(mcl, (1, 2), 0) is None
+    with pytest.raises(ValueError):  # mcl refuses an off-curve point when it is set
+        mcl.G1().fromstr(b"1 1 3", 10)
+
+
+@settings(max_examples=50)
+@given(xy=pool_points, k=any_ints)
+def test_scalar_mul_matches_mcl(mcl: Any, xy: tuple[int, int], k: int) -> None:
+    assert bn254.to_affine(k * bn254.from_affine(*xy)) == mcl_mul(mcl, xy, k)
+    assert bn254.to_affine(k * bn254.G) == mcl_mul(mcl, (1, 2), k)

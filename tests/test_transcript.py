@@ -226,3 +226,34 @@ def test_different_message_sequences_give_different_challenges(
         assert _challenge_after(left) == _challenge_after(right)
     else:
         assert _challenge_after(left) != _challenge_after(right)
+
+
+# --- clones and the recipes' starting transcript -------------------------------------------------------
+
+
+def test_a_clone_continues_identically_and_independently() -> None:
+    t = Transcript(PROTOCOL)
+    t.append(b"V", b"\x07" * 32)
+    twin = t.clone()
+    assert twin.challenge_bytes(b"y") == t.challenge_bytes(b"y")
+    twin.append(b"A", b"only in the twin")
+    t.append(b"A", b"only in the original")
+    assert twin.challenge_bytes(b"z") != t.challenge_bytes(b"z")
+
+
+def test_context_transcript_is_the_recipe_protocol_and_the_context() -> None:
+    from zk.transcript import RECIPE_PROTOCOL, context_transcript
+
+    for context in (b"", b"chain-1|DEPOSIT|session", bytearray(b"\x00\x01")):
+        manual = Transcript(RECIPE_PROTOCOL)
+        manual.append(b"context", bytes(context))
+        assert context_transcript(context).challenge_bytes(b"c") == manual.challenge_bytes(b"c")
+    assert context_transcript(b"a").challenge_bytes(b"c") != context_transcript(b"b").challenge_bytes(b"c")
+
+
+@pytest.mark.parametrize("context", ["text", 5, None, [1, 2]], ids=repr)
+def test_context_transcript_takes_only_bytes(context: object) -> None:
+    from zk.transcript import context_transcript
+
+    with pytest.raises(TypeError):
+        context_transcript(context)  # type: ignore[arg-type]

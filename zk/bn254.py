@@ -29,7 +29,7 @@ _FLAG_INFINITY = 0x40
 class Point:
     """An element of BN254 G1 (affine, or the identity). Supports +, -, k * P, ==, hash."""
 
-    __slots__ = ("_xy", "_table")
+    __slots__ = ("_table", "_xy")
 
     def __init__(self, xy: g1.Affine, *, _trusted: bool = False) -> None:
         if not _trusted:
@@ -91,7 +91,10 @@ H = _with_table(Point(hash_to_curve(b"escrow.v1/pedersen/H"), _trusted=True))
 
 
 def from_affine(x: int, y: int) -> Point:
-    """The point (x, y); raises EncodingError unless 0 <= x, y < p and y^2 = x^3 + 3."""
+    """The point (x, y); raises EncodingError unless x, y are integers, 0 <= x, y < p, y^2 = x^3 + 3."""
+    for c in (x, y):
+        if isinstance(c, bool) or not isinstance(c, (int, mpz)):
+            raise EncodingError("coordinates must be integers")
     if not (0 <= x < P and 0 <= y < P):
         raise EncodingError("coordinate out of range [0, p)")
     mx, my = mpz(x), mpz(y)

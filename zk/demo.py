@@ -35,7 +35,9 @@ def main() -> None:
     d_blind = pedersen.random_blinding()
     D, _ = _timed("commit to the deposit D = v*G + b*H", pedersen.commit, deposit, d_blind)
     D_bytes = bn254.point_to_bytes(D)
-    proof, _ = _timed("prove 0 <= deposit < 2^64 (672-byte proof)", rangeproof.prove, [deposit], [d_blind], 64, context)
+    proof, _ = _timed(
+        "prove 0 <= deposit < 2^64 (672-byte proof)", rangeproof.prove, [deposit], [d_blind], 64, context
+    )
     _timed("verify the deposit's range proof", rangeproof.verify, [D_bytes], proof, 64, context)
 
     pay_blind, refund_blind = pedersen.random_blinding(), pedersen.random_blinding()
@@ -43,7 +45,11 @@ def main() -> None:
     settle_ctx = b"demo/chain-id/SETTLE/session-tag"
     split_proof, _ = _timed(
         "prove pay and refund in range (aggregated, 736 bytes)",
-        rangeproof.prove, [pay, refund], [pay_blind, refund_blind], 64, settle_ctx,
+        rangeproof.prove,
+        [pay, refund],
+        [pay_blind, refund_blind],
+        64,
+        settle_ctx,
     )
     outputs = [bn254.point_to_bytes(pay_c), bn254.point_to_bytes(refund_c)]
     _timed("verify the split's range proof", rangeproof.verify, outputs, split_proof, 64, settle_ctx)
@@ -51,13 +57,21 @@ def main() -> None:
     X = D - pay_c - refund_c
     excess_proof, _ = _timed("prove the excess X = e*H (Schnorr)", schnorr.prove, excess, settle_ctx)
     _timed("verify the excess proof", schnorr.verify, bn254.point_to_bytes(X), excess_proof, settle_ctx)
-    conserved = D == pay_c + refund_c + X
+    conserved = pay_c + refund_c + X == D
     print(f"  D = pay + refund + X holds: {conserved}; the amounts never left this process")
-    print(json.dumps({
-        "deposit_minor": deposit, "pay_minor": pay, "refund_minor": refund,
-        "deposit_proof_bytes": len(proof), "split_proof_bytes": len(split_proof),
-        "conserved": conserved, "seconds": round(time.perf_counter() - started, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "deposit_minor": deposit,
+                "pay_minor": pay,
+                "refund_minor": refund,
+                "deposit_proof_bytes": len(proof),
+                "split_proof_bytes": len(split_proof),
+                "conserved": conserved,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ LAMBDA = mpz(0xB3C4D79D41A917585BFC41088D8DAAA78B17EA66B99C90DD)
 
 def is_on_curve(x: mpz, y: mpz) -> bool:
     """y^2 = x^3 + 3 over F_p, for coordinates already in [0, p)."""
-    return (y * y - x * x * x - B) % P == 0
+    return bool((y * y - x * x * x - B) % P == 0)
 
 
 def affine_neg(a: Affine) -> Affine:
@@ -187,7 +187,7 @@ def affine_sum(points: Sequence[Affine]) -> Affine:
     while len(level) > 1:
         odd = level[-1] if len(level) & 1 else None
         pairs = list(zip(level[0::2], level[1::2]))
-        level = [pt for pt in batch_add_pairs(pairs) if pt is not None]  # type: ignore[arg-type]
+        level = [pt for pt in batch_add_pairs(pairs) if pt is not None]
         if odd is not None:
             level.append(odd)
     return level[0] if level else None
@@ -266,7 +266,7 @@ def scalar_mul(a: Affine, k: int) -> Jacobian:
         return JAC_INF
     k1, k2 = glv_split(k)
     base1 = a if k1 >= 0 else (a[0], P - a[1])
-    base2 = (BETA * a[0] % P, a[1] if k2 >= 0 else P - a[1])
+    (BETA * a[0] % P, a[1] if k2 >= 0 else P - a[1])
     table1 = odd_multiples(base1, 1 << (WNAF_WIDTH - 2))
     table2 = [(BETA * x % P, y if (k1 >= 0) == (k2 >= 0) else P - y) for x, y in table1]
     return straus([(wnaf(abs(k1), WNAF_WIDTH), table1), (wnaf(abs(k2), WNAF_WIDTH), table2)])

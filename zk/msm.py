@@ -149,20 +149,36 @@ def batch_double_n(points: Sequence[Point], times: int) -> list[Point]:
     return pts
 
 
-class FixedBases:
-    """Bases known in advance, each with the table [2^(8k) B, -2^(8k) B for k < 32].
+COMB_ROWS = 10  # h: a scalar's 260 bits as 10 rows of 26 columns
+COMB_COLS = 26  # d
+COMB_MAX_BASES = 2 + 2 * 128  # G, H and G_i, H_i for n*m <= 128: about 45 MB of tables
+_COMB_INDEX = {format(m, f"0{COMB_ROWS}b"): m for m in range(1 << COMB_ROWS)}
 
-    A scalar k < r is written k = sum_k (b_k - 128) 2^(8k) with b_k the bytes of k + 0x8080...80,
-    so each base contributes one table point to bucket |b_k - 128| per window.
+
+class FixedBases:
+    """Bases known in advance, with precomputed tables for a fixed-base MSM with no bucket reduction.
+
+    Comb (Lim-Lee) tables for the first COMB_MAX_BASES bases: comb[b][m] = sum of 2^(26 i) B_b over
+    the bits i of the 10-bit mask m. Column j of a scalar (bits j, j+26, ..., j+234) picks one table
+    point per base, so sum_b k_b B_b = sum_j 2^j S_j where S_j sums the picked points of column j:
+    26 columns summed as buckets by batched-affine trees, then Horner with 25 doublings.
+
+    Window tables for every base: [2^(8k) B, -2^(8k) B for k < 32]; k + 0x8080...80 gives signed
+    byte digits b_k - 128, one table point per base and window into bucket |b_k - 128| (used past
+    COMB_MAX_BASES, where comb tables would take too much memory).
     """
 
     def __init__(self, bases: Sequence[Point]) -> None:
         self.bases = list(bases)
         self.tables: list[list[Point]] = []  # per base: [+T_0, ..., +T_31] then [-T_0, ..., -T_31]
-        self.extend_to(0)
+        self.comb: list[list[Point]] = []  # per base: 1024 points, index 0 unused
 
     def extend_to(self, count: int) -> None:
         """Build the tables of the first ``count`` bases (built lazily, kept for the process)."""
+        self._extend_windows(count)
+        self._extend_comb(min(count, COMB_MAX_BASES))
+
+    def _extend_windows(self, count: int) -> None:
         start = len(self.tables)
         if count <= start:
             return
@@ -175,11 +191,61 @@ class FixedBases:
             pos = [c[i] for c in cols]
             self.tables.append(pos + [(x, P - y) for x, y in pos])
 
+    def _extend_comb(self, count: int) -> None:
+        start = len(self.comb)
+        if count <= start:
+            return
+        rows = [list(self.bases[start:count])]  # rows[i][b] = 2^(26 i) B_b
+        for _ in range(COMB_ROWS - 1):
+            rows.append(batch_double_n(rows[-1], COMB_COLS))
+        tables: list[list[Point]] = [[b] * (1 << COMB_ROWS) for b in rows[0]]
+        for m in range(1, 1 << COMB_ROWS):
+            low = m & (m - 1)
+            row = rows[(m & -m).bit_length() - 1]
+            if low == 0:
+                for t, pt in zip(tables, row):
+                    t[m] = pt
+                continue
+            sums = batch_add_pairs([(t[low], pt) for t, pt in zip(tables, row)])
+            for t, pt2 in zip(tables, sums):
+                assert pt2 is not None  # distinct multiples of a point of prime order
+                t[m] = pt2
+        self.comb.extend(tables)
+
     def msm(self, scalars: Sequence[int], indices: Sequence[int] | None = None) -> Jacobian:
         """sum scalars[t] * bases[indices[t]] (indices default to 0, 1, 2, ...)."""
         if indices is None:
             indices = range(len(scalars))
-        self.extend_to(max(indices, default=-1) + 1)
+        top = max(indices, default=-1) + 1
+        if top <= COMB_MAX_BASES:
+            self._extend_comb(top)
+            return self._msm_comb(scalars, indices)
+        self._extend_windows(top)
+        return self._msm_windows(scalars, indices)
+
+    def _msm_comb(self, scalars: Sequence[int], indices: Sequence[int]) -> Jacobian:
+        items: list[tuple[int, Point]] = []
+        append = items.append
+        comb = self.comb
+        index = _COMB_INDEX
+        r = int(R)
+        width = f"0{COMB_ROWS * COMB_COLS}b"
+        cols = range(COMB_COLS)
+        last = COMB_COLS - 1
+        for idx, k in zip(indices, scalars):
+            bits = format(int(k) % r, width)
+            table = comb[idx]
+            for j in cols:
+                m = index[bits[last - j :: COMB_COLS]]
+                if m:
+                    append((j, table[m]))
+        columns = bucket_sums(items, COMB_COLS)
+        acc = JAC_INF
+        for j in range(last, -1, -1):
+            acc = jac_add_affine(jac_double(acc), columns[j])
+        return acc
+
+    def _msm_windows(self, scalars: Sequence[int], indices: Sequence[int]) -> Jacobian:
         items: list[tuple[int, Point]] = []
         append = items.append
         tables = self.tables
@@ -264,7 +330,7 @@ def msm_affine(points: Sequence[Affine], scalars: Sequence[int]) -> Affine:
 
 # --- one fixed base, full window tables --------------------------------------------------------
 
-TABLE_WINDOW = 8
+TABLE_WINDOW = 12
 
 
 class WindowTable:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 
 from zk import bn254
-from zk.g1 import affine_sum
 from zk.field import R
+from zk.g1 import affine_sum
 
 
 def commit(value: int, blinding: int) -> bn254.Point:

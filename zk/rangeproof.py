@@ -25,7 +25,7 @@ from zk.field import P, R, batch_inverse, inv_r
 from zk.g1 import affine_sum, jac_add, jac_to_affine
 from zk.msm import msm
 from zk.pedersen import commit
-from zk.transcript import Transcript
+from zk.transcript import Transcript, context_transcript
 
 SUPPORTED_BITS = (8, 16, 32, 64)
 MAX_VALUES = 64
@@ -51,23 +51,25 @@ def _check_shape(bits: int, m: int) -> None:
         raise ValueError(f"between 1 and {MAX_VALUES} values per proof")
 
 
-def _start_transcript(bits: int, m: int, context: bytes, commitments: Sequence[bytes]) -> Transcript:
-    """The statement: protocol, n, m, padded m, generator set, caller context, every V_j."""
+def _bind_statement(t: Transcript, bits: int, m: int, commitments: Sequence[bytes]) -> None:
+    """Append the statement: protocol and version, n, m, padded m, generator set, every V_j."""
     mp = padded_count(m)
-    t = Transcript(PROTOCOL)
+    t.append(b"protocol", PROTOCOL)
     t.append_u64(b"n", bits)
     t.append_u64(b"m", m)
     t.append_u64(b"m_padded", mp)
     t.append(b"generators", gens.generator_set_hash(bits * mp))
-    t.append(b"context", bytes(context))
     identity = bn254.point_to_bytes(bn254.IDENTITY)
     for c in [*commitments, *([identity] * (mp - m))]:
         t.append(b"V", c)
-    return t
 
 
 def _rand_scalar(rng: RandomSource) -> mpz:
-    return mpz(int.from_bytes(rng(64), "big")) % R
+    """A scalar from 64 bytes of ``rng``; raises ValueError if the source returns anything else."""
+    data = rng(64)
+    if not isinstance(data, bytes) or len(data) != 64:
+        raise ValueError("the random source must return exactly the bytes asked for")
+    return mpz(int.from_bytes(data, "big")) % R
 
 
 def _inner(a: Sequence[mpz], b: Sequence[mpz]) -> mpz:
@@ -93,9 +95,23 @@ def prove(
 ) -> bytes:
     """Prove 0 <= v_j < 2^bits for the commitments V_j = v_j G + blinding_j H; returns the proof bytes.
 
-    Raises ValueError for a value outside [0, 2^bits), mismatched lists or an unsupported shape.
-    ``rng`` (bytes of a given length) defaults to the OS; pass one only for reproducible tests.
+    ``context`` (the application's canonical bytes) is bound into the transcript. Raises ValueError
+    for a value outside [0, 2^bits), a commitment that would be the identity (v = 0 with blinding 0),
+    mismatched lists or an unsupported shape. ``rng`` defaults to the OS; pass one only for
+    reproducible tests.
     """
+    return prove_with_transcript(context_transcript(context), values, blindings, bits, rng=rng)
+
+
+def prove_with_transcript(
+    t: Transcript,
+    values: list[int],
+    blindings: list[int],
+    bits: int,
+    *,
+    rng: RandomSource | None = None,
+) -> bytes:
+    """:func:`prove` on a transcript the caller owns (the proof only appends to it)."""
     m = len(values)
     _check_shape(bits, m)
     if len(blindings) != m:
@@ -110,8 +126,10 @@ def prove(
     fixed = gens.fixed_bases(N)
     vs = [mpz(v) for v in values] + [mpz(0)] * (mp - m)
     gammas = [mpz(g) % R for g in blindings] + [mpz(0)] * (mp - m)
+    if any(v == 0 and g == 0 for v, g in zip(vs[:m], gammas[:m])):
+        raise ValueError("value 0 with blinding 0 commits to the identity")
     commitments = [bn254.point_to_bytes(commit(int(v), int(g))) for v, g in zip(vs[:m], gammas[:m])]
-    t = _start_transcript(bits, m, context, commitments)
+    _bind_statement(t, bits, m, commitments)
 
     aL = [(vs[i // n] >> (i % n)) & 1 for i in range(N)]
     alpha = _rand_scalar(rng)
@@ -124,7 +142,11 @@ def prove(
     sR = [_rand_scalar(rng) for _ in range(N)]
     S = _fixed_point(
         [rho, *sL, *sR],
-        [gens.INDEX_BLINDING_BASE, *(gens.index_G(i) for i in range(N)), *(gens.index_H(i) for i in range(N))],
+        [
+            gens.INDEX_BLINDING_BASE,
+            *(gens.index_G(i) for i in range(N)),
+            *(gens.index_H(i) for i in range(N)),
+        ],
         N,
     )
     t.append(b"A", A)
@@ -136,9 +158,7 @@ def prove(
     zz = z * z % R
     z_block = _powers(z, mp)  # z^j; the block weight of value j is z^(2+j)
     l0 = [(aL[i] - z) % R for i in range(N)]
-    r0 = [
-        (y_pow[i] * (aL[i] - 1 + z) + zz * z_block[i // n] * (1 << (i % n))) % R for i in range(N)
-    ]
+    r0 = [(y_pow[i] * (aL[i] - 1 + z) + zz * z_block[i // n] * (1 << (i % n))) % R for i in range(N)]
     r1 = [y_pow[i] * sR[i] % R for i in range(N)]
     t1 = (_inner(l0, r1) + _inner(sL, r0)) % R
     t2 = _inner(sL, r1)
@@ -220,7 +240,7 @@ def _prove_inner_product(
                 coefH[k] = coefH[k] * u_inv % R
         out += [L, Rp]
         length = half
-    return out + [bn254.scalar_to_bytes(int(a[0])), bn254.scalar_to_bytes(int(b[0]))]
+    return [*out, bn254.scalar_to_bytes(int(a[0])), bn254.scalar_to_bytes(int(b[0]))]
 
 
 # --- verification ------------------------------------------------------------------------------
@@ -257,7 +277,7 @@ def _decode_commitments(commitments: Sequence[bytes]) -> list[object]:
 
 
 def _verification_terms(
-    commitments: Sequence[bytes], proof: bytes, bits: int, context: bytes, weight: mpz, c: mpz
+    t: Transcript, commitments: Sequence[bytes], proof: bytes, bits: int, weight: mpz, c: mpz
 ) -> tuple[list[object], list[mpz], dict[int, mpz]]:
     """The proof's check as MSM terms, all multiplied by ``weight``: (variable points, their scalars,
     {fixed-base index: scalar}). The proof holds iff the full MSM is the identity (for random c)."""
@@ -267,7 +287,7 @@ def _verification_terms(
     pr = _Parsed(proof, bits, m)
     n, mp = bits, padded_count(m)
     N = n * mp
-    t = _start_transcript(bits, m, context, [bytes(x) for x in commitments])
+    _bind_statement(t, bits, m, [bytes(x) for x in commitments])
     t.append(b"A", pr.chunks[0])
     t.append(b"S", pr.chunks[1])
     y = mpz(t.challenge_scalar(b"y"))
@@ -340,7 +360,8 @@ def _check_shape_for_verify(bits: int, m: int) -> None:
 
 
 def _random_weight() -> mpz:
-    return mpz(1 + secrets.randbits(128))
+    """A uniformly random weight in [1, 2^128)."""
+    return mpz(1 + secrets.randbelow((1 << 128) - 1))
 
 
 def _check_identity(points: list[object], scalars: list[mpz], fixed: dict[int, mpz], count: int) -> None:
@@ -353,10 +374,12 @@ def _check_identity(points: list[object], scalars: list[mpz], fixed: dict[int, m
 
 def verify(commitments: list[bytes], proof: bytes, bits: int, context: bytes) -> None:
     """Check a range proof over the encoded commitments; raises ProofError unless it holds."""
-    if not isinstance(commitments, (list, tuple)):
-        raise ProofError("commitments must be a list of 32-byte encodings")
-    points, scalars, fixed = _verification_terms(commitments, proof, bits, context, mpz(1), _random_weight())
-    _check_identity(points, scalars, fixed, bits * padded_count(len(commitments)))
+    verify_batch([(commitments, proof, bits, context)])
+
+
+def verify_with_transcript(t: Transcript, commitments: list[bytes], proof: bytes, bits: int) -> None:
+    """:func:`verify` on a transcript the caller owns."""
+    verify_batch_with_transcripts([(t, commitments, proof, bits)])
 
 
 def verify_batch(items: list[tuple[list[bytes], bytes, int, bytes]]) -> None:
@@ -365,20 +388,39 @@ def verify_batch(items: list[tuple[list[bytes], bytes, int, bytes]]) -> None:
     Raises ProofError naming the first proof that fails (found by checking them one by one only
     after the combined check has failed).
     """
+    if not isinstance(items, (list, tuple)):
+        raise ProofError("items must be a list of (commitments, proof, bits, context)")
+    prepared = []
+    for idx, item in enumerate(items):
+        try:
+            commitments, proof, bits, context = item
+            prepared.append((context_transcript(context), commitments, proof, bits))
+        except (TypeError, ValueError) as e:
+            raise ProofError(f"proof {idx}: malformed item: {e}") from e
+    verify_batch_with_transcripts(prepared)
+
+
+def verify_batch_with_transcripts(items: Sequence[tuple[Transcript, list[bytes], bytes, int]]) -> None:
+    """:func:`verify_batch` on transcripts the callers own, as (transcript, commitments, proof, bits)."""
     if not items:
         return
     points: list[object] = []
     scalars: list[mpz] = []
     fixed: dict[int, mpz] = {}
     count = 0
+    single = len(items) == 1
     for idx, item in enumerate(items):
         try:
-            commitments, proof, bits, context = item
+            t, commitments, proof, bits = item
             if not isinstance(commitments, (list, tuple)):
                 raise ProofError("commitments must be a list of 32-byte encodings")
-            p, s, f = _verification_terms(commitments, proof, bits, context, _random_weight(), _random_weight())
+            if not isinstance(bits, int):
+                raise ProofError("bits must be an integer")
+            weight = mpz(1) if single else _random_weight()
+            own = t if single else t.clone()
+            p, s, f = _verification_terms(own, commitments, proof, bits, weight, _random_weight())
         except ProofError as e:
-            raise ProofError(f"proof {idx}: {e}") from e
+            raise ProofError(e.args[0] if single else f"proof {idx}: {e}") from e
         except (TypeError, ValueError) as e:
             raise ProofError(f"proof {idx}: malformed item: {e}") from e
         points += p
@@ -389,9 +431,10 @@ def verify_batch(items: list[tuple[list[bytes], bytes, int, bytes]]) -> None:
     try:
         _check_identity(points, scalars, fixed, count)
     except ProofError:
-        for idx, (commitments, proof, bits, context) in enumerate(items):
-            try:
-                verify(commitments, proof, bits, context)
-            except ProofError as e:
-                raise ProofError(f"proof {idx}: {e}") from e
+        if not single:
+            for idx, (t, commitments, proof, bits) in enumerate(items):
+                try:
+                    verify_batch_with_transcripts([(t, commitments, proof, bits)])
+                except ProofError as e:
+                    raise ProofError(f"proof {idx}: {e}") from e
         raise
