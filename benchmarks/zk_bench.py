@@ -221,14 +221,18 @@ def main() -> None:
             continue
         target = TARGETS_MS.get(key)
         shown = "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-        verdict = "" if target is None or not isinstance(value, float) else (
-            f"  target <= {target} ms: {'met' if value <= target else 'MISSED'}"
+        verdict = (
+            ""
+            if target is None or not isinstance(value, float)
+            else (f"  target <= {target} ms: {'met' if value <= target else 'MISSED'}")
         )
         print(f"  {key:32s} {shown:>10s}{verdict}")
     if isinstance(results["speedup_vs_py_ecc"], float):
         ok = results["speedup_vs_py_ecc"] >= 25
-        print(f"  scalar multiplication is {results['speedup_vs_py_ecc']:.1f}x py_ecc (target >= 25x: "
-              f"{'met' if ok else 'MISSED'})")
+        print(
+            f"  scalar multiplication is {results['speedup_vs_py_ecc']:.1f}x py_ecc (target >= 25x: "
+            f"{'met' if ok else 'MISSED'})"
+        )
 
 
 if __name__ == "__main__":

@@ -146,51 +146,99 @@ def jac_add(j1: Jacobian, j2: Jacobian) -> Jacobian:
     return (X3, (r * (v - X3) - s1 * hhh) % P, Z1 * Z2 % P * h % P)
 
 
-def batch_add_pairs(pairs: Sequence[tuple[tuple[mpz, mpz], tuple[mpz, mpz]]]) -> list[Affine]:
-    """Many independent affine additions a_i + b_i sharing one inversion (batched-affine addition).
+def batch_add(lefts: Sequence[tuple[mpz, mpz]], rights: Sequence[tuple[mpz, mpz]]) -> list[Affine]:
+    """Many independent affine additions lefts[i] + rights[i] sharing one inversion.
 
-    Montgomery's trick inline: prefix[i] = d_0 ... d_{i-1} with d_i = x2_i - x1_i; walking back,
-    inv = (d_0 ... d_i)^-1, so 1/d_i = inv * prefix[i] and lambda_i = (y2_i - y1_i) / d_i.
-    Inputs are finite points; a pair with equal x is doubled or cancels, outside the batch.
+    Montgomery's trick inline: with d_i = x2_i - x1_i and prefix_i = d_0 ... d_{i-1}, walking back
+    from inv = (d_0 ... d_{n-1})^-1 gives 1/d_i = inv * prefix_i, then inv <- inv * d_i; so
+    lambda_i = (y2_i - y1_i) * inv * prefix_i. Inputs are finite points; a pair with equal x is
+    doubled or cancels (None), outside the batch.
     """
-    n = len(pairs)
-    prefix: list[mpz] = [ONE] * n
-    acc = ONE
     p = P
-    special = []
-    for i, ((x1, _), (x2, _)) in enumerate(pairs):
-        prefix[i] = acc
-        d = x2 - x1
-        if d:
-            acc = acc * d % p
-        else:
-            special.append(i)
+    dens = [b[0] - a[0] for a, b in zip(lefts, rights)]
+    if 0 in dens:
+        return _batch_add_with_special(lefts, rights, dens)
+    prefix: list[mpz] = []
+    keep = prefix.append
+    acc = ONE
+    for d in dens:
+        keep(acc)
+        acc = acc * d % p
     inv = gmpy2.invert(acc, p)
-    out: list[Affine] = [None] * n
-    for i in range(n - 1, -1, -1):
-        (x1, y1), (x2, y2) = pairs[i]
-        d = x2 - x1
-        if not d:
-            continue
-        lam = (y2 - y1) * inv * prefix[i] % p
+    out: list[Affine] = []
+    put = out.append
+    for (x1, y1), (x2, y2), d, pre in zip(
+        reversed(lefts), reversed(rights), reversed(dens), reversed(prefix)
+    ):
+        lam = (y2 - y1) * inv * pre % p
         inv = inv * d % p
         x3 = (lam * lam - x1 - x2) % p
-        out[i] = (x3, (lam * (x1 - x3) - y1) % p)
-    for i in special:
-        out[i] = affine_add(pairs[i][0], pairs[i][1])
+        put((x3, (lam * (x1 - x3) - y1) % p))
+    out.reverse()
     return out
+
+
+def _batch_add_with_special(
+    lefts: Sequence[tuple[mpz, mpz]], rights: Sequence[tuple[mpz, mpz]], dens: list[mpz]
+) -> list[Affine]:
+    """batch_add when some pairs share x: those are added one by one, the rest batched."""
+    regular = [i for i, d in enumerate(dens) if d]
+    out: list[Affine] = [None] * len(dens)
+    sums = batch_add([lefts[i] for i in regular], [rights[i] for i in regular]) if regular else []
+    for i, s in zip(regular, sums):
+        out[i] = s
+    for i, d in enumerate(dens):
+        if not d:
+            out[i] = affine_add(lefts[i], rights[i])
+    return out
+
+
+def batch_add_pairs(pairs: Sequence[tuple[tuple[mpz, mpz], tuple[mpz, mpz]]]) -> list[Affine]:
+    """:func:`batch_add` over a list of (a, b) pairs."""
+    return batch_add([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def sum_lists(lists: Sequence[Sequence[tuple[mpz, mpz]]]) -> list[Affine]:
+    """The sum of each list of finite affine points, as balanced trees whose levels are batched
+    across all the lists: one inversion per level for everything."""
+    result: list[Affine] = [None] * len(lists)
+    current = [list(points) for points in lists]
+    active = [i for i, points in enumerate(current) if points]
+    while active:
+        lefts: list[tuple[mpz, mpz]] = []
+        rights: list[tuple[mpz, mpz]] = []
+        plan = []
+        for i in active:
+            points = current[i]
+            n = len(points)
+            if n == 1:
+                result[i] = points[0]
+                continue
+            half = n >> 1
+            lefts += points[0 : 2 * half : 2]
+            rights += points[1 : 2 * half : 2]
+            plan.append((i, half, points[-1] if n & 1 else None))
+        if not plan:
+            break
+        sums = batch_add(lefts, rights)
+        active = []
+        offset = 0
+        for i, half, odd in plan:
+            nxt = sums[offset : offset + half]
+            offset += half
+            if odd is not None:
+                nxt.append(odd)
+            if None in nxt:
+                nxt = [s for s in nxt if s is not None]
+            if nxt:
+                current[i] = nxt  # type: ignore[assignment]
+                active.append(i)
+    return result
 
 
 def affine_sum(points: Sequence[Affine]) -> Affine:
     """Sum of many affine points as a balanced tree, each level one batched addition."""
-    level = [pt for pt in points if pt is not None]
-    while len(level) > 1:
-        odd = level[-1] if len(level) & 1 else None
-        pairs = list(zip(level[0::2], level[1::2]))
-        level = [pt for pt in batch_add_pairs(pairs) if pt is not None]
-        if odd is not None:
-            level.append(odd)
-    return level[0] if level else None
+    return sum_lists([[pt for pt in points if pt is not None]])[0]
 
 
 def _glv_basis() -> tuple[tuple[mpz, mpz], tuple[mpz, mpz]]:

@@ -24,6 +24,7 @@ from zk.g1 import (
     affine_add,
     affine_double,
     affine_sum,
+    batch_add,
     batch_add_pairs,
     glv_split,
     jac_add_affine,
@@ -31,6 +32,7 @@ from zk.g1 import (
     jac_to_affine,
     odd_multiples,
     straus,
+    sum_lists,
     wnaf,
 )
 
@@ -38,42 +40,19 @@ Point = tuple[mpz, mpz]
 
 
 def bucket_sums(items: Sequence[tuple[int, Point]], nbuckets: int) -> list[Affine]:
-    """Sum the points dropped into each bucket: pairs are formed on arrival, then each level of
-    the per-bucket trees is one batched-affine addition."""
-    pending: list[Affine] = [None] * nbuckets
-    pairs: list[tuple[Point, Point]] = []
-    owners: list[int] = []
+    """Sum the points dropped into each bucket (batched-affine trees, see g1.sum_lists)."""
+    buckets: list[list[Point]] = [[] for _ in range(nbuckets)]
     for b, pt in items:
-        q = pending[b]
-        if q is None:
-            pending[b] = pt
-        else:
-            pairs.append((q, pt))
-            owners.append(b)
-            pending[b] = None
-    while pairs:
-        sums = batch_add_pairs(pairs)
-        pairs = []
-        next_owners = []
-        for b, s in zip(owners, sums):
-            if s is None:
-                continue
-            q = pending[b]
-            if q is None:
-                pending[b] = s
-            else:
-                pairs.append((q, s))
-                next_owners.append(b)
-                pending[b] = None
-        owners = next_owners
-    return pending
+        buckets[b].append(pt)
+    return sum_lists(buckets)
 
 
 def lockstep_add(accs: Sequence[Affine], addends: Sequence[Affine]) -> list[Affine]:
     """Element-wise accs[i] + addends[i] with all the finite pairs in one batched addition."""
     out = list(accs)
     idx = []
-    pairs = []
+    lefts = []
+    rights = []
     for i, (a, b) in enumerate(zip(accs, addends)):
         if b is None:
             continue
@@ -81,9 +60,10 @@ def lockstep_add(accs: Sequence[Affine], addends: Sequence[Affine]) -> list[Affi
             out[i] = b
         else:
             idx.append(i)
-            pairs.append((a, b))
-    if pairs:
-        for i, s in zip(idx, batch_add_pairs(pairs)):
+            lefts.append(a)
+            rights.append(b)
+    if idx:
+        for i, s in zip(idx, batch_add(lefts, rights)):
             out[i] = s
     return out
 
@@ -198,7 +178,7 @@ class FixedBases:
         rows = [list(self.bases[start:count])]  # rows[i][b] = 2^(26 i) B_b
         for _ in range(COMB_ROWS - 1):
             rows.append(batch_double_n(rows[-1], COMB_COLS))
-        tables: list[list[Point]] = [[b] * (1 << COMB_ROWS) for b in rows[0]]
+        tables: list[list[Point]] = [[None] * (1 << COMB_ROWS) for _ in rows[0]]  # type: ignore[list-item]
         for m in range(1, 1 << COMB_ROWS):
             low = m & (m - 1)
             row = rows[(m & -m).bit_length() - 1]
@@ -206,7 +186,7 @@ class FixedBases:
                 for t, pt in zip(tables, row):
                     t[m] = pt
                 continue
-            sums = batch_add_pairs([(t[low], pt) for t, pt in zip(tables, row)])
+            sums = batch_add([t[low] for t in tables], row)
             for t, pt2 in zip(tables, sums):
                 assert pt2 is not None  # distinct multiples of a point of prime order
                 t[m] = pt2
@@ -224,25 +204,23 @@ class FixedBases:
         return self._msm_windows(scalars, indices)
 
     def _msm_comb(self, scalars: Sequence[int], indices: Sequence[int]) -> Jacobian:
-        items: list[tuple[int, Point]] = []
-        append = items.append
-        comb = self.comb
-        index = _COMB_INDEX
         r = int(R)
         width = f"0{COMB_ROWS * COMB_COLS}b"
-        cols = range(COMB_COLS)
+        bit_strings = [format(int(k) % r, width) for k in scalars]
+        tables = [self.comb[i] for i in indices]
+        index = _COMB_INDEX
+        step = COMB_COLS
         last = COMB_COLS - 1
-        for idx, k in zip(indices, scalars):
-            bits = format(int(k) % r, width)
-            table = comb[idx]
-            for j in cols:
-                m = index[bits[last - j :: COMB_COLS]]
-                if m:
-                    append((j, table[m]))
-        columns = bucket_sums(items, COMB_COLS)
+        columns = []
+        for j in range(COMB_COLS):
+            column = [t[index[bits[last - j :: step]]] for t, bits in zip(tables, bit_strings)]
+            if None in column:  # an all-zero column of a scalar (mask 0) picks nothing
+                column = [pt for pt in column if pt is not None]
+            columns.append(column)
+        sums = sum_lists(columns)
         acc = JAC_INF
         for j in range(last, -1, -1):
-            acc = jac_add_affine(jac_double(acc), columns[j])
+            acc = jac_add_affine(jac_double(acc), sums[j])
         return acc
 
     def _msm_windows(self, scalars: Sequence[int], indices: Sequence[int]) -> Jacobian:
@@ -268,7 +246,7 @@ class FixedBases:
 # --- variable bases ----------------------------------------------------------------------------
 
 GLV_BITS = 130  # |k1|, |k2| < 2^129 for the basis in zk.g1 (checked in tests)
-STRAUS_MAX = 4
+STRAUS_MAX = 20  # points (before the GLV split) up to which Straus beats Pippenger here
 
 
 def _window_for(npoints: int) -> int:
@@ -298,21 +276,20 @@ def msm(points: Sequence[Affine], scalars: Sequence[int]) -> Jacobian:
     half = 1 << (c - 1)
     mask = (1 << c) - 1
     offset = sum(half << (c * w) for w in range(nwin))
-    items: list[tuple[int, Point]] = []
-    append = items.append
+    lists: list[list[Point]] = [[] for _ in range(nwin * half)]
     for pt, k in split:
         kk = k + offset
         neg = (pt[0], P - pt[1])
-        base = 0
+        base = -1
         for _ in range(nwin):
             d = (kk & mask) - half
             kk >>= c
             if d > 0:
-                append((base + d - 1, pt))
+                lists[base + d].append(pt)
             elif d < 0:
-                append((base - d - 1, neg))
+                lists[base - d].append(neg)
             base += half
-    buckets = bucket_sums(items, nwin * half)
+    buckets = sum_lists(lists)
     lanes = [buckets[w * half : (w + 1) * half] for w in range(nwin)]
     window_sums, _ = weighted_sums(lanes)
     acc = JAC_INF

@@ -374,7 +374,11 @@ def _check_identity(points: list[object], scalars: list[mpz], fixed: dict[int, m
 
 def verify(commitments: list[bytes], proof: bytes, bits: int, context: bytes) -> None:
     """Check a range proof over the encoded commitments; raises ProofError unless it holds."""
-    verify_batch([(commitments, proof, bits, context)])
+    try:
+        t = context_transcript(context)
+    except TypeError as e:
+        raise ProofError(f"malformed item: {e}") from e
+    verify_batch_with_transcripts([(t, commitments, proof, bits)])
 
 
 def verify_with_transcript(t: Transcript, commitments: list[bytes], proof: bytes, bits: int) -> None:
@@ -397,11 +401,21 @@ def verify_batch(items: list[tuple[list[bytes], bytes, int, bytes]]) -> None:
             prepared.append((context_transcript(context), commitments, proof, bits))
         except (TypeError, ValueError) as e:
             raise ProofError(f"proof {idx}: malformed item: {e}") from e
-    verify_batch_with_transcripts(prepared)
+    _verify_prepared(prepared, name_items=True)
 
 
 def verify_batch_with_transcripts(items: Sequence[tuple[Transcript, list[bytes], bytes, int]]) -> None:
-    """:func:`verify_batch` on transcripts the callers own, as (transcript, commitments, proof, bits)."""
+    """:func:`verify_batch` on transcripts the callers own, as (transcript, commitments, proof, bits).
+
+    Each transcript is appended to exactly as a single verification would; pristine copies are kept
+    only to re-check the proofs one by one when the combined check fails.
+    """
+    _verify_prepared(items, name_items=len(items) > 1)
+
+
+def _verify_prepared(
+    items: Sequence[tuple[Transcript, list[bytes], bytes, int]], *, name_items: bool
+) -> None:
     if not items:
         return
     points: list[object] = []
@@ -409,20 +423,25 @@ def verify_batch_with_transcripts(items: Sequence[tuple[Transcript, list[bytes],
     fixed: dict[int, mpz] = {}
     count = 0
     single = len(items) == 1
+    pristine: list[Transcript] = []
     for idx, item in enumerate(items):
+        where = f"proof {idx}: " if name_items else ""
         try:
             t, commitments, proof, bits = item
+            if not isinstance(t, Transcript):
+                raise ProofError("a transcript is required")
             if not isinstance(commitments, (list, tuple)):
                 raise ProofError("commitments must be a list of 32-byte encodings")
-            if not isinstance(bits, int):
+            if isinstance(bits, bool) or not isinstance(bits, int):
                 raise ProofError("bits must be an integer")
+            if not single:
+                pristine.append(t.clone())
             weight = mpz(1) if single else _random_weight()
-            own = t if single else t.clone()
-            p, s, f = _verification_terms(own, commitments, proof, bits, weight, _random_weight())
+            p, s, f = _verification_terms(t, commitments, proof, bits, weight, _random_weight())
         except ProofError as e:
-            raise ProofError(e.args[0] if single else f"proof {idx}: {e}") from e
+            raise ProofError(f"{where}{e}") from e
         except (TypeError, ValueError) as e:
-            raise ProofError(f"proof {idx}: malformed item: {e}") from e
+            raise ProofError(f"{where}malformed item: {e}") from e
         points += p
         scalars += s
         for i, v in f.items():
@@ -432,9 +451,9 @@ def verify_batch_with_transcripts(items: Sequence[tuple[Transcript, list[bytes],
         _check_identity(points, scalars, fixed, count)
     except ProofError:
         if not single:
-            for idx, (t, commitments, proof, bits) in enumerate(items):
+            for idx, (copy, (_, commitments, proof, bits)) in enumerate(zip(pristine, items)):
                 try:
-                    verify_batch_with_transcripts([(t, commitments, proof, bits)])
+                    _verify_prepared([(copy, commitments, proof, bits)], name_items=False)
                 except ProofError as e:
                     raise ProofError(f"proof {idx}: {e}") from e
         raise

@@ -48,11 +48,15 @@ def prove_with_transcript(
         raise ValueError("the statement P = 0*H is the identity")
     rng = rng or os.urandom
     k = 0
-    while k == 0:
+    for _ in range(8):  # k = 0 has probability 2^-254 per draw from a sound source
         data = rng(64)
         if not isinstance(data, bytes) or len(data) != 64:
             raise ValueError("the random source must return exactly the bytes asked for")
         k = int.from_bytes(data, "big") % int(R)
+        if k:
+            break
+    else:
+        raise ValueError("the random source keeps returning multiples of r")
     P = bn254.point_to_bytes(b * bn254.H)
     R_bytes = bn254.point_to_bytes(k * bn254.H)
     s = (k + _challenge(t, P, R_bytes, extra) * b) % int(R)
