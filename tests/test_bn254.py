@@ -17,6 +17,7 @@ from gmpy2 import mpz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from py_ecc import optimized_bn128 as ref
+from strategies import huge_ints
 
 from zk import bn254, pedersen
 from zk.errors import EncodingError
@@ -33,13 +34,6 @@ POOL += [(1, 2), (1, P - 2), tuple(int(c) for c in hash_to_curve(b"escrow.v1/ped
 
 EDGE_SCALARS = [0, 1, 2, 3, R - 1, R - 2, (R - 1) // 2, (R + 1) // 2, LAMBDA, R - LAMBDA, 2**127, 2**128 - 1]
 scalars = st.one_of(st.integers(0, R - 1), st.sampled_from(EDGE_SCALARS))
-# hypothesis rarely draws very long integers from a wide range by itself: build some explicitly
-huge_ints = st.builds(
-    lambda hi, lo, sign: sign * (hi << 256 | lo),
-    st.integers(1, 2**60),
-    st.integers(0, 2**256 - 1),
-    st.sampled_from([1, -1]),
-)
 any_ints = st.one_of(
     scalars,
     st.integers(-(2**300), 2**300),

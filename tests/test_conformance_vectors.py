@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from py_ecc import optimized_bn128 as ref
+from strategies import huge_ints
 
 from zk import bn254, pedersen
 from zk.errors import EncodingError
@@ -198,13 +199,6 @@ POOL = [(int(x), int(y)) for x, y in (hash_to_curve(b"test/conformance/%d" % i) 
 POOL += [(1, 2), (1, P - 2)]
 H_XY = (int(bn254.H.xy[0]), int(bn254.H.xy[1]))  # checked against a reference derivation in test_generators
 pool_points = st.sampled_from(POOL)
-# hypothesis rarely draws very long integers from a wide range by itself: build some explicitly
-huge_ints = st.builds(
-    lambda hi, lo, sign: sign * (hi << 256 | lo),
-    st.integers(1, 2**60),
-    st.integers(0, 2**256 - 1),
-    st.sampled_from([1, -1]),
-)
 any_ints = st.one_of(
     st.integers(0, R - 1),
     st.sampled_from([0, 1, 2, R - 1, R, R + 1, -1, (R - 1) // 2]),

@@ -20,6 +20,7 @@ from gmpy2 import mpz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from py_ecc import optimized_bn128 as ref
+from strategies import huge_ints
 
 from zk import field, g1
 from zk.hash_to_curve import hash_to_curve
@@ -37,13 +38,6 @@ maybe_points = st.one_of(st.none(), pool_points)
 nonzero_z = st.integers(1, P - 1)
 EDGE_SCALARS = [0, 1, 2, R - 1, R - 2, (R - 1) // 2, int(g1.LAMBDA), R - int(g1.LAMBDA), 2**128, 2**129 - 1]
 scalars = st.one_of(st.integers(0, R - 1), st.sampled_from(EDGE_SCALARS))
-# hypothesis rarely draws very long integers from a wide range by itself: build some explicitly
-huge_ints = st.builds(
-    lambda hi, lo, sign: sign * (hi << 256 | lo),
-    st.integers(1, 2**60),
-    st.integers(0, 2**256 - 1),
-    st.sampled_from([1, -1]),
-)
 any_ints = st.one_of(scalars, st.integers(-(2**260), 2**260), huge_ints)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import ShakeRng
 
 import zk.generators
 import zk.rangeproof
@@ -713,19 +714,6 @@ def test_batch_rejects_items_with_fields_of_the_wrong_kind(field_and_value: tupl
 
 
 # --- 5. frozen proofs ---------------------------------------------------------------------------------
-
-
-class ShakeRng:
-    """The vectors' rng, per the file's "rng" field: call k returns SHAKE-256(seed || k as u64 BE)[:c]."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed = seed
-        self._calls = 0
-
-    def __call__(self, count: int) -> bytes:
-        out = hashlib.shake_256(self._seed + self._calls.to_bytes(8, "big")).digest(count)
-        self._calls += 1
-        return out
 
 
 VECTOR_IDS = [v["name"] for v in FROZEN["vectors"]]
