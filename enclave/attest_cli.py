@@ -1,0 +1,184 @@
+"""`escrow-attest`: verify an SGX DCAP v3 quote (or, later, a live server) and compute MRENCLAVE.
+
+    escrow-attest verify-quote QUOTE --collateral FILE [--root-ca FILE] [--nonce HEX] [--keys FILE]
+        [--at ISO-8601] [--expect-mrenclave HEX] [--expect-mrsigner HEX] [--expect-isvprodid N]
+        [--min-isvsvn N] [--allow-tcb-status STATUS]... [--allow-debug-insecure] [--json]
+    escrow-attest measure [--source DIR] [--isvprodid N] [--isvsvn N] [--debug-enclave] [--json]
+
+Exit codes: 0 every check passed; 1 a check failed (the reason code is printed); 2 bad usage or
+unreadable input. Without --root-ca only Intel's SGX root is trusted; an emulated platform's root must
+be named explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enclave.measurement import EnclaveConfig, mrenclave, mrsigner
+from enclave.verifier import Policy, check_quote
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _hex(value: str, name: str, size: int | None = None) -> bytes:
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise SystemExit(_usage(f"{name} must be hex")) from None
+    if size is not None and len(data) != size:
+        raise SystemExit(_usage(f"{name} must be {size} bytes ({2 * size} hex digits)"))
+    return data
+
+
+def _usage(message: str) -> int:
+    print(f"escrow-attest: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SystemExit(_usage(f"cannot read {what} {path}: {e.strerror}")) from None
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(_usage("--at takes an ISO-8601 time such as 2025-06-27T00:00:00Z")) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The verification policy the flags describe (fail-closed defaults)."""
+    kwargs: dict[str, Any] = {}
+    if args.root_ca:
+        kwargs["root_ca_der"] = _read(args.root_ca, "root CA")
+    if args.at:
+        kwargs["at"] = _parse_time(args.at)
+    if args.expect_mrenclave:
+        kwargs["expect_mrenclave"] = _hex(args.expect_mrenclave, "--expect-mrenclave", 32)
+    if args.expect_mrsigner:
+        kwargs["expect_mrsigner"] = _hex(args.expect_mrsigner, "--expect-mrsigner", 32)
+    if args.expect_isvprodid is not None:
+        kwargs["expect_isv_prod_id"] = args.expect_isvprodid
+    if args.min_isvsvn is not None:
+        kwargs["min_isv_svn"] = args.min_isvsvn
+    if args.allow_tcb_status:
+        kwargs["allowed_tcb_statuses"] = frozenset({"UpToDate", *args.allow_tcb_status})
+    if args.allow_debug_insecure:
+        kwargs["allow_debug_insecure"] = True
+    if args.nonce:
+        kwargs["nonce"] = _hex(args.nonce, "--nonce")
+    if args.keys:
+        kwargs["key_bundle"] = _read(args.keys, "key bundle")
+    return Policy(**kwargs)
+
+
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    """The policy flags shared by verify-quote and (later) verify --target."""
+    p.add_argument("--root-ca", metavar="FILE", help="trust this root CA (DER) instead of Intel's SGX root")
+    p.add_argument("--nonce", metavar="HEX", help="REPORTDATA's second half must be SHA-256 of this nonce")
+    p.add_argument("--keys", metavar="FILE", help="key bundle whose SHA-256 REPORTDATA's first half must be")
+    p.add_argument("--at", metavar="TIME", help="evaluate certificates and collateral at this ISO-8601 time")
+    p.add_argument("--expect-mrenclave", metavar="HEX", help="required MRENCLAVE (64 hex digits)")
+    p.add_argument("--expect-mrsigner", metavar="HEX", help="required MRSIGNER (64 hex digits)")
+    p.add_argument("--expect-isvprodid", metavar="N", type=int, help="required ISVPRODID")
+    p.add_argument("--min-isvsvn", metavar="N", type=int, help="minimum ISVSVN")
+    p.add_argument(
+        "--allow-tcb-status",
+        metavar="STATUS",
+        action="append",
+        default=[],
+        help="also accept this TCB status (repeatable; UpToDate is always accepted, Revoked never)",
+    )
+    p.add_argument(
+        "--allow-debug-insecure",
+        action="store_true",
+        help="INSECURE: accept a debug enclave, whose memory the host can read",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    data = report.to_dict()
+    if as_json:
+        print(json.dumps(data, sort_keys=True))
+        return
+    identity = data.get("identity") or {}
+    if identity:
+        print("quote identity:")
+        for key in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug", "report_data"):
+            if key in identity:
+                print(f"  {key:12s} {identity[key]}")
+    if data.get("tcb_status"):
+        advisories = ", ".join(data.get("advisory_ids") or []) or "none"
+        print(f"  tcb_status   {data['tcb_status']} (advisories: {advisories})")
+    print("checks:")
+    for check in data["checks"]:
+        mark = "ok  " if check["passed"] else "FAIL"
+        detail = f"  ({check['detail']})" if check.get("detail") else ""
+        print(f"  {mark} {check['name']}{detail}")
+    if data["ok"]:
+        print("VERIFIED: every check passed")
+    else:
+        print(f"REJECTED: {data['reason']}")
+
+
+def cmd_verify_quote(args: argparse.Namespace) -> int:
+    quote = _read(args.quote, "quote")
+    collateral = _read(args.collateral, "collateral").decode("utf-8", errors="replace")
+    report = check_quote(quote, collateral, policy_from_args(args))
+    _print_report(report, args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    config = EnclaveConfig(isv_prod_id=args.isvprodid, isv_svn=args.isvsvn, debug=args.debug_enclave)
+    source = Path(args.source) if args.source else None
+    if source is not None and not (source / "zk").is_dir():
+        return _usage(f"{source} does not look like a checkout (no zk/ package)")
+    mre, mrs = mrenclave(config, source).hex(), mrsigner().hex()
+    if args.json:
+        print(json.dumps({"mrenclave": mre, "mrsigner": mrs, "isv_prod_id": config.isv_prod_id,
+                          "isv_svn": config.isv_svn, "debug": config.debug}))
+    else:
+        print(f"MRENCLAVE {mre}\nMRSIGNER  {mrs}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escrow-attest", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    vq = sub.add_parser("verify-quote", help="verify a quote file against its collateral")
+    vq.add_argument("quote", help="the quote (binary, SGX DCAP v3)")
+    vq.add_argument("--collateral", required=True, metavar="FILE", help="collateral JSON (dcap-qvl shape)")
+    add_policy_flags(vq)
+    vq.set_defaults(func=cmd_verify_quote)
+    me = sub.add_parser("measure", help="compute the MRENCLAVE a checkout's trusted code produces")
+    me.add_argument("--source", metavar="DIR", help="the checkout (default: the installed code)")
+    me.add_argument("--isvprodid", type=int, default=EnclaveConfig().isv_prod_id)
+    me.add_argument("--isvsvn", type=int, default=EnclaveConfig().isv_svn)
+    me.add_argument("--debug-enclave", action="store_true", help="measure the debug configuration")
+    me.add_argument("--json", action="store_true", help="print one JSON object")
+    me.set_defaults(func=cmd_measure)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

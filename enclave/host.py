@@ -1,0 +1,99 @@
+"""The untrusted host's handle on the emulated enclave: launch, start, quote, key bundle.
+
+The host owns the data directory and the platform; it reaches the trusted runtime only through
+byte-oriented ecalls (DESIGN §5, Boundary). Launching is the emulated CPU's job (EINIT): measure the
+trusted code, check the SIGSTRUCT of the signer, fix the identity, and hand the trusted runtime its
+CPU services (the identity, the sealing root, the monotonic counter). Nothing secret comes back out:
+the host stores the sealed state blob it is given and forwards reports to the quoting enclave.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from enclave import fsutil
+from enclave.counter import MonotonicCounter
+from enclave.measurement import EnclaveConfig, mrenclave, mrsigner, sign_sigstruct, signer_public_key, verify_sigstruct
+from enclave.platform import Platform
+from enclave.quote import ReportBody
+from enclave.trusted.runtime import CpuServices, TrustedEnclave
+from enclave.trusted.sealing import EnclaveIdentity
+
+STATE_FILE = "enclave-state.sealed"
+
+
+@dataclass(frozen=True)
+class QuoteBundle:
+    """What a verifier needs: the quote, its collateral, the platform's root, and the key bundle."""
+
+    quote: bytes
+    collateral_json: str
+    root_ca_der: bytes
+    key_bundle: bytes
+
+
+def launch(platform: Platform, config: EnclaveConfig, *, source_root: Path | None = None,
+           nv_dir: Path | None = None) -> tuple[EnclaveIdentity, TrustedEnclave]:
+    """Emulated EINIT: measure, check the signer's SIGSTRUCT, build the enclave with its CPU services."""
+    measured = mrenclave(config, source_root)
+    public_der = signer_public_key()
+    sigstruct = sign_sigstruct(measured, config)  # the developer signs what they measured (dev key)
+    signed_mrenclave, signed_config = verify_sigstruct(sigstruct, public_der)
+    if signed_mrenclave != measured or signed_config != config:
+        raise RuntimeError("SIGSTRUCT does not match the measured enclave")
+    identity = EnclaveIdentity(
+        mr_enclave=measured,
+        mr_signer=mrsigner(public_der),
+        isv_prod_id=config.isv_prod_id,
+        isv_svn=config.isv_svn,
+        debug=config.debug,
+    )
+    counter = MonotonicCounter(platform.platform_id, nv_dir)
+    cpu = CpuServices(identity=identity, sealing_root=platform.root_secret(), counter=counter)
+    return identity, TrustedEnclave(cpu)
+
+
+class EnclaveHost:
+    """A started enclave on a data directory's platform."""
+
+    def __init__(self, data_dir: Path, platform: Platform, identity: EnclaveIdentity, enclave: TrustedEnclave):
+        self.data_dir = data_dir
+        self.platform = platform
+        self.identity = identity
+        self._ecall = enclave.ecall  # the only reference the host keeps: the boundary
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, data_dir: Path, config: EnclaveConfig | None = None, *, source_root: Path | None = None,
+              nv_dir: Path | None = None) -> EnclaveHost:
+        """Open or create the platform, launch the enclave, and open (or create) its sealed state.
+
+        Raises RollbackError if the sealed state is older than the platform's monotonic counter."""
+        data_dir = Path(data_dir)
+        platform = Platform.open(data_dir)
+        identity, enclave = launch(platform, config or EnclaveConfig(), source_root=source_root, nv_dir=nv_dir)
+        host = cls(data_dir, platform, identity, enclave)
+        state_path = data_dir / STATE_FILE
+        sealed = state_path.read_bytes() if state_path.exists() else b""
+        resealed = host._ecall("start", sealed)
+        fsutil.atomic_write(state_path, resealed, mode=0o600)
+        host._ecall("commit_start", b"")
+        return host
+
+    def key_bundle(self) -> bytes:
+        """The canonical public-key bundle the quotes commit to."""
+        return self._ecall("key_bundle", b"")
+
+    def quote(self, nonce: bytes) -> QuoteBundle:
+        """A fresh quote for a verifier's nonce, with everything needed to check it."""
+        with self._lock:
+            report = ReportBody.from_bytes(self._ecall("report", nonce))
+            bundle = self._ecall("key_bundle", b"")
+        return QuoteBundle(
+            quote=self.platform.quote(report),
+            collateral_json=self.platform.collateral_json(),
+            root_ca_der=self.platform.root_ca_der(),
+            key_bundle=bundle,
+        )

@@ -1,0 +1,226 @@
+"""The code inside the emulated enclave: its keys, its sealed state, its reports, its ecall table.
+
+Everything the host hands in arrives as bytes through :meth:`TrustedEnclave.ecall` and is parsed and
+checked here; everything handed out is bytes. The emulated CPU services the enclave may use (the
+sealing root from which EGETKEY derives keys, the monotonic counter, the identity fixed at EINIT) are
+given at construction by the platform, never by an ecall.
+
+Sealed state (MRSIGNER policy, slot ("enclave-state", b"", 1)), canonical, length-prefixed:
+  lp("escrow.v1/enclave-state/v1") || lp(counter u64) || lp(ledger key: P-256 private scalar, 32) ||
+  lp(encryption key: X25519 private, 32) || lp(instance id, 16) || lp(chain id, 32) ||
+  lp(head height u64) || lp(head hash, 32)
+Start protocol (rollback detection, DESIGN §5): the enclave refuses sealed state whose counter value is
+below the platform counter; otherwise it reseals with value c = max(state, counter) + 1, the host
+stores that blob durably, and only then the ``commit_start`` ecall raises the platform counter to c.
+A crash between the two leaves state ahead of the counter, which is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from enclave.errors import BoundaryError, RollbackError
+from enclave.quote import ATTR_DEBUG, ATTR_INIT, ATTR_MODE64BIT, ReportBody
+from enclave.trusted.keybundle import KeyBundle, KeyBundleError, report_data
+from enclave.trusted.sealing import EnclaveIdentity, KeyPolicy, Slot, seal, unseal
+
+STATE_TAG = b"escrow.v1/enclave-state/v1"
+STATE_SLOT = Slot(kind="enclave-state", object_id=b"", version=1)
+XFRM = 0xE7  # x87, SSE, AVX, AVX-512 state, as the sample quotes carry
+MAX_ECALL_BYTES = 1 << 20
+
+
+class Counter(Protocol):
+    """The platform's monotonic counter as the enclave sees it."""
+
+    def read(self) -> int: ...
+
+    def increment(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class CpuServices:
+    """What the emulated CPU gives the enclave it initialised: identity, sealing root, counter."""
+
+    identity: EnclaveIdentity
+    sealing_root: bytes
+    counter: Counter
+    cpu_svn: bytes = bytes(16)
+
+
+def _lp(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def _split_lp(data: bytes, count: int) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise BoundaryError("truncated length prefix")
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if pos + n > len(data):
+            raise BoundaryError("truncated field")
+        out.append(data[pos : pos + n])
+        pos += n
+    if len(out) != count:
+        raise BoundaryError(f"expected {count} fields, got {len(out)}")
+    return out
+
+
+@dataclass
+class _State:
+    counter: int
+    ledger_key: ec.EllipticCurvePrivateKey
+    encryption_key: x25519.X25519PrivateKey
+    instance_id: bytes
+    chain_id: bytes = bytes(32)
+    head_height: int = 0
+    head_hash: bytes = bytes(32)
+
+    def to_bytes(self) -> bytes:
+        scalar = self.ledger_key.private_numbers().private_value.to_bytes(32, "big")
+        enc = self.encryption_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        fields = [STATE_TAG, self.counter.to_bytes(8, "big"), scalar, enc, self.instance_id]
+        fields += [self.chain_id, self.head_height.to_bytes(8, "big"), self.head_hash]
+        return b"".join(_lp(f) for f in fields)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _State:
+        tag, counter, scalar, enc, instance, chain, height, head = _split_lp(data, 8)
+        sizes = ((counter, 8), (scalar, 32), (enc, 32), (instance, 16), (chain, 32), (height, 8), (head, 32))
+        if tag != STATE_TAG or any(len(f) != n for f, n in sizes):
+            raise BoundaryError("not an escrow.v1 enclave state")
+        return cls(
+            counter=int.from_bytes(counter, "big"),
+            ledger_key=ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1()),
+            encryption_key=x25519.X25519PrivateKey.from_private_bytes(enc),
+            instance_id=instance,
+            chain_id=chain,
+            head_height=int.from_bytes(height, "big"),
+            head_hash=head,
+        )
+
+
+class TrustedEnclave:
+    """The trusted runtime. The host reaches it only through :meth:`ecall` (names -> bytes)."""
+
+    def __init__(self, cpu: CpuServices) -> None:
+        self._cpu = cpu
+        self._state: _State | None = None
+        self._pending_counter: int | None = None
+        self._lock = threading.Lock()
+        self._ecalls: dict[str, Callable[[bytes], bytes]] = {
+            "start": self._start,
+            "commit_start": self._commit_start,
+            "key_bundle": self._key_bundle,
+            "report": self._report,
+        }
+
+    def ecall(self, name: str, payload: bytes) -> bytes:
+        """The one entry point: copy and bound the input, dispatch, return bytes."""
+        if not isinstance(name, str) or name not in self._ecalls:
+            raise BoundaryError(f"unknown ecall {name!r}")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise BoundaryError("ecall payloads are bytes")
+        data = bytes(payload)  # copy: the host cannot change it under our feet
+        if len(data) > MAX_ECALL_BYTES:
+            raise BoundaryError("ecall payload too large")
+        with self._lock:
+            return self._ecalls[name](data)
+
+    # --- ecalls ---------------------------------------------------------------------------------
+
+    def _start(self, sealed: bytes) -> bytes:
+        """Open (or create) the sealed state; returns the resealed blob for the host to store."""
+        counter = self._cpu.counter.read()
+        if sealed:
+            state = _State.from_bytes(unseal(self._cpu.sealing_root, self._cpu.identity, sealed, STATE_SLOT))
+            if state.counter < counter:
+                raise RollbackError(
+                    f"sealed state is at counter {state.counter}, the platform counter at {counter}: "
+                    "the data directory was rolled back"
+                )
+        else:
+            state = _State(
+                counter=0,
+                ledger_key=ec.generate_private_key(ec.SECP256R1()),
+                encryption_key=x25519.X25519PrivateKey.generate(),
+                instance_id=os.urandom(16),
+            )
+        state.counter = max(state.counter, counter) + 1
+        self._state = state
+        self._pending_counter = state.counter
+        return self._seal_state(state)
+
+    def _commit_start(self, payload: bytes) -> bytes:
+        """After the host stored the resealed state: raise the platform counter to its value."""
+        if payload:
+            raise BoundaryError("commit_start takes no payload")
+        if self._pending_counter is None:
+            raise BoundaryError("commit_start before start")
+        while self._cpu.counter.read() < self._pending_counter:
+            self._cpu.counter.increment()
+        self._pending_counter = None
+        return b""
+
+    def _key_bundle(self, payload: bytes) -> bytes:
+        if payload:
+            raise BoundaryError("key_bundle takes no payload")
+        return self._bundle().to_bytes()
+
+    def _report(self, nonce: bytes) -> bytes:
+        """EREPORT for the quoting enclave: REPORTDATA = SHA-256(key bundle) || SHA-256(nonce)."""
+        try:
+            data = report_data(self._bundle().to_bytes(), nonce)
+        except KeyBundleError as e:
+            raise BoundaryError(str(e)) from e
+        identity = self._cpu.identity
+        flags = ATTR_INIT | ATTR_MODE64BIT | (ATTR_DEBUG if identity.debug else 0)
+        body = ReportBody(
+            cpu_svn=self._cpu.cpu_svn,
+            attributes=flags.to_bytes(8, "little") + XFRM.to_bytes(8, "little"),
+            mr_enclave=identity.mr_enclave,
+            mr_signer=identity.mr_signer,
+            isv_prod_id=identity.isv_prod_id,
+            isv_svn=identity.isv_svn,
+            report_data=data,
+        )
+        return body.to_bytes()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _require_state(self) -> _State:
+        if self._state is None:
+            raise BoundaryError("the enclave has not been started")
+        return self._state
+
+    def _bundle(self) -> KeyBundle:
+        state = self._require_state()
+        ledger_pub = state.ledger_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        enc_pub = state.encryption_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return KeyBundle(
+            chain_id=state.chain_id,
+            ledger_key=ledger_pub,
+            encryption_key=enc_pub,
+            instance_id=state.instance_id,
+            isv_svn=self._cpu.identity.isv_svn,
+            head_height=state.head_height,
+            head_hash=state.head_hash,
+        )
+
+    def _seal_state(self, state: _State) -> bytes:
+        return seal(self._cpu.sealing_root, self._cpu.identity, KeyPolicy.MRSIGNER, STATE_SLOT, state.to_bytes())

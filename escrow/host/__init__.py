@@ -1,0 +1,1 @@
+"""The untrusted host side: gRPC servicers, storage, and the server entry point."""

@@ -1,0 +1,137 @@
+"""The enclave as the host sees it: launch, sealed state, rollback, quotes that outside verifiers accept."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import dcap_qvl
+import pytest
+
+from enclave.errors import BoundaryError, RollbackError
+from enclave.host import STATE_FILE, EnclaveHost
+from enclave.measurement import EnclaveConfig, mrenclave
+from enclave.quote import parse_quote
+from enclave.trusted.keybundle import KeyBundle
+
+INTEL_ROOT = Path(__file__).resolve().parents[1] / "enclave" / "data" / "intel_sgx_root_ca.der"
+
+
+@pytest.fixture()
+def nv_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "nv"
+    monkeypatch.setenv("ESCROW_NV_DIR", str(path))
+    return path
+
+
+def _dcap_verify(quote: bytes, collateral_json: str, root_der: bytes) -> str:
+    collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral_json)
+    return str(dcap_qvl.verify_with_root_ca(quote, collateral, root_der, int(time.time())).status)
+
+
+def test_quote_commits_to_key_bundle_and_nonce(tmp_path: Path, nv_dir: Path) -> None:
+    host = EnclaveHost.start(tmp_path / "data")
+    nonce = bytes(range(32))
+    qb = host.quote(nonce)
+    quote = parse_quote(qb.quote)
+    assert quote.report.report_data == hashlib.sha256(qb.key_bundle).digest() + hashlib.sha256(nonce).digest()
+    bundle = KeyBundle.from_bytes(qb.key_bundle)
+    assert bundle.isv_svn == EnclaveConfig().isv_svn and bundle.chain_id == bytes(32)
+    assert quote.report.mr_enclave == mrenclave(EnclaveConfig()) == host.identity.mr_enclave
+    assert quote.report.mr_signer == host.identity.mr_signer
+    assert not quote.report.debug
+
+
+def test_dcap_qvl_accepts_our_quote_under_our_root_only(tmp_path: Path, nv_dir: Path) -> None:
+    qb = EnclaveHost.start(tmp_path / "data").quote(b"fresh nonce")
+    assert _dcap_verify(qb.quote, qb.collateral_json, qb.root_ca_der) == "UpToDate"
+    with pytest.raises(Exception):  # noqa: B017 - dcap-qvl raises a plain ValueError/RuntimeError
+        _dcap_verify(qb.quote, qb.collateral_json, INTEL_ROOT.read_bytes())
+
+
+def test_dcap_qvl_rejects_a_debug_quote(tmp_path: Path, nv_dir: Path) -> None:
+    qb = EnclaveHost.start(tmp_path / "data", EnclaveConfig(debug=True)).quote(b"n")
+    assert parse_quote(qb.quote).report.debug
+    with pytest.raises(Exception, match="(?i)debug"):
+        _dcap_verify(qb.quote, qb.collateral_json, qb.root_ca_der)
+
+
+def test_debug_changes_the_measurement(tmp_path: Path, nv_dir: Path) -> None:
+    prod = EnclaveHost.start(tmp_path / "a").identity
+    debug = EnclaveHost.start(tmp_path / "b", EnclaveConfig(debug=True)).identity
+    assert prod.mr_enclave != debug.mr_enclave and prod.mr_signer == debug.mr_signer
+
+
+def test_restart_keeps_the_keys(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    first = EnclaveHost.start(data).key_bundle()
+    assert EnclaveHost.start(data).key_bundle() == first
+    # an ISVSVN upgrade keeps the MRSIGNER-sealed keys (the bundle then names the new ISVSVN)
+    upgraded = KeyBundle.from_bytes(EnclaveHost.start(data, EnclaveConfig(isv_svn=2)).key_bundle())
+    assert upgraded.ledger_key == KeyBundle.from_bytes(first).ledger_key and upgraded.isv_svn == 2
+
+
+def test_a_downgraded_enclave_cannot_open_newer_state(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    EnclaveHost.start(data, EnclaveConfig(isv_svn=3))
+    with pytest.raises(Exception, match="(?i)isvsvn|svn"):
+        EnclaveHost.start(data, EnclaveConfig(isv_svn=2))
+
+
+def test_a_rolled_back_data_directory_is_refused(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    EnclaveHost.start(data)
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)
+    EnclaveHost.start(data)  # the platform counter moves on
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+    with pytest.raises(RollbackError):
+        EnclaveHost.start(data)
+
+
+def test_state_ahead_of_the_counter_is_accepted(tmp_path: Path, nv_dir: Path) -> None:
+    """A crash after the resealed state was stored but before the counter moved loses nothing."""
+    data = tmp_path / "data"
+    host = EnclaveHost.start(data)
+    sealed = host._ecall("start", (data / STATE_FILE).read_bytes())  # reseal at counter + 1 ...
+    (data / STATE_FILE).write_bytes(sealed)  # ... stored, and the process dies before commit_start
+    assert EnclaveHost.start(data).key_bundle() == host.key_bundle()
+
+
+def test_tampered_sealed_state_is_refused(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    EnclaveHost.start(data)
+    blob = bytearray((data / STATE_FILE).read_bytes())
+    blob[-1] ^= 1
+    (data / STATE_FILE).write_bytes(bytes(blob))
+    with pytest.raises(Exception, match="(?i)seal|tag|authentic"):
+        EnclaveHost.start(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("no-such-ecall", b""),
+        ("report", b""),  # a nonce is 1..64 bytes
+        ("report", bytes(65)),
+        ("key_bundle", b"x"),
+        ("commit_start", b""),  # nothing pending after start completed
+        ("start", b"\x00" * 10),  # not a sealed blob
+    ],
+)
+def test_the_boundary_rejects_malformed_ecalls(tmp_path: Path, nv_dir: Path, name: str, payload: bytes) -> None:
+    host = EnclaveHost.start(tmp_path / "data")
+    with pytest.raises(Exception) as info:
+        host._ecall(name, payload)
+    assert isinstance(info.value, (BoundaryError,)) or "seal" in str(info.value).lower()
+
+
+def test_the_boundary_rejects_non_bytes_and_oversized_payloads(tmp_path: Path, nv_dir: Path) -> None:
+    host = EnclaveHost.start(tmp_path / "data")
+    with pytest.raises(BoundaryError):
+        host._ecall("report", "text")  # type: ignore[arg-type]
+    with pytest.raises(BoundaryError):
+        host._ecall("report", bytes(2 << 20))
