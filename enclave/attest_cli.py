@@ -146,8 +146,17 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return _usage(f"{source} does not look like a checkout (no zk/ package)")
     mre, mrs = mrenclave(config, source).hex(), mrsigner().hex()
     if args.json:
-        print(json.dumps({"mrenclave": mre, "mrsigner": mrs, "isv_prod_id": config.isv_prod_id,
-                          "isv_svn": config.isv_svn, "debug": config.debug}))
+        print(
+            json.dumps(
+                {
+                    "mrenclave": mre,
+                    "mrsigner": mrs,
+                    "isv_prod_id": config.isv_prod_id,
+                    "isv_svn": config.isv_svn,
+                    "debug": config.debug,
+                }
+            )
+        )
     else:
         print(f"MRENCLAVE {mre}\nMRSIGNER  {mrs}")
     return EXIT_OK

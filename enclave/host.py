@@ -15,7 +15,14 @@ from pathlib import Path
 
 from enclave import fsutil
 from enclave.counter import MonotonicCounter
-from enclave.measurement import EnclaveConfig, mrenclave, mrsigner, sign_sigstruct, signer_public_key, verify_sigstruct
+from enclave.measurement import (
+    EnclaveConfig,
+    mrenclave,
+    mrsigner,
+    sign_sigstruct,
+    signer_public_key,
+    verify_sigstruct,
+)
 from enclave.platform import Platform
 from enclave.quote import ReportBody
 from enclave.trusted.runtime import CpuServices, TrustedEnclave
@@ -34,8 +41,9 @@ class QuoteBundle:
     key_bundle: bytes
 
 
-def launch(platform: Platform, config: EnclaveConfig, *, source_root: Path | None = None,
-           nv_dir: Path | None = None) -> tuple[EnclaveIdentity, TrustedEnclave]:
+def launch(
+    platform: Platform, config: EnclaveConfig, *, source_root: Path | None = None, nv_dir: Path | None = None
+) -> tuple[EnclaveIdentity, TrustedEnclave]:
     """Emulated EINIT: measure, check the signer's SIGSTRUCT, build the enclave with its CPU services."""
     measured = mrenclave(config, source_root)
     public_der = signer_public_key()
@@ -58,7 +66,9 @@ def launch(platform: Platform, config: EnclaveConfig, *, source_root: Path | Non
 class EnclaveHost:
     """A started enclave on a data directory's platform."""
 
-    def __init__(self, data_dir: Path, platform: Platform, identity: EnclaveIdentity, enclave: TrustedEnclave):
+    def __init__(
+        self, data_dir: Path, platform: Platform, identity: EnclaveIdentity, enclave: TrustedEnclave
+    ):
         self.data_dir = data_dir
         self.platform = platform
         self.identity = identity
@@ -66,14 +76,22 @@ class EnclaveHost:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, data_dir: Path, config: EnclaveConfig | None = None, *, source_root: Path | None = None,
-              nv_dir: Path | None = None) -> EnclaveHost:
+    def start(
+        cls,
+        data_dir: Path,
+        config: EnclaveConfig | None = None,
+        *,
+        source_root: Path | None = None,
+        nv_dir: Path | None = None,
+    ) -> EnclaveHost:
         """Open or create the platform, launch the enclave, and open (or create) its sealed state.
 
         Raises RollbackError if the sealed state is older than the platform's monotonic counter."""
         data_dir = Path(data_dir)
         platform = Platform.open(data_dir)
-        identity, enclave = launch(platform, config or EnclaveConfig(), source_root=source_root, nv_dir=nv_dir)
+        identity, enclave = launch(
+            platform, config or EnclaveConfig(), source_root=source_root, nv_dir=nv_dir
+        )
         host = cls(data_dir, platform, identity, enclave)
         state_path = data_dir / STATE_FILE
         sealed = state_path.read_bytes() if state_path.exists() else b""

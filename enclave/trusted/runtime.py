@@ -223,4 +223,5 @@ class TrustedEnclave:
         )
 
     def _seal_state(self, state: _State) -> bytes:
-        return seal(self._cpu.sealing_root, self._cpu.identity, KeyPolicy.MRSIGNER, STATE_SLOT, state.to_bytes())
+        cpu = self._cpu
+        return seal(cpu.sealing_root, cpu.identity, KeyPolicy.MRSIGNER, STATE_SLOT, state.to_bytes())

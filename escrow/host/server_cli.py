@@ -18,24 +18,21 @@ from enclave import fsutil
 from enclave.errors import EnclaveError
 from enclave.host import EnclaveHost
 from enclave.measurement import EnclaveConfig
-from enclave.trusted.keybundle import KeyBundleError
+from enclave.trusted.keybundle import check_nonce
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_quote(args: argparse.Namespace) -> int:
     try:
-        nonce = bytes.fromhex(args.nonce)
-    except ValueError:
-        print("escrow-server: --nonce must be hex", file=sys.stderr)
+        nonce = check_nonce(bytes.fromhex(args.nonce))
+    except ValueError as e:  # KeyBundleError is a ValueError
+        print(f"escrow-server: --nonce must be 1 to 64 bytes of hex ({e})", file=sys.stderr)
         return EXIT_USAGE
     config = EnclaveConfig(debug=args.debug_enclave)
     try:
         host = EnclaveHost.start(Path(args.data_dir), config)
         bundle = host.quote(nonce)
-    except KeyBundleError as e:
-        print(f"escrow-server: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except EnclaveError as e:
         print(f"escrow-server: {e}", file=sys.stderr)
         return EXIT_FAILED
