@@ -48,18 +48,47 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _parse_time(value: str) -> datetime:
+    if value.isdigit():  # unix seconds, as the vectors' README gives them
+        return datetime.fromtimestamp(int(value), UTC)
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise SystemExit(_usage("--at takes an ISO-8601 time such as 2025-06-27T00:00:00Z")) from None
+        raise SystemExit(
+            _usage("--at takes an ISO-8601 time such as 2025-06-27T00:00:00Z, or unix seconds")
+        ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+TCB_STATUSES = frozenset(
+    {
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+    }
+)
+
+
+def _root_ca(path: str) -> bytes:
+    data = _read(path, "root CA")
+    if data.lstrip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        try:
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        except ValueError:
+            raise SystemExit(_usage(f"{path} is not a PEM certificate")) from None
+    return data
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
     """The verification policy the flags describe (fail-closed defaults)."""
     kwargs: dict[str, Any] = {}
     if args.root_ca:
-        kwargs["root_ca_der"] = _read(args.root_ca, "root CA")
+        kwargs["root_ca_der"] = _root_ca(args.root_ca)
     if args.at:
         kwargs["at"] = _parse_time(args.at)
     if args.expect_mrenclave:
@@ -71,11 +100,21 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     if args.min_isvsvn is not None:
         kwargs["min_isv_svn"] = args.min_isvsvn
     if args.allow_tcb_status:
+        unknown = sorted(set(args.allow_tcb_status) - TCB_STATUSES)
+        if unknown:
+            raise SystemExit(
+                _usage(
+                    f"unknown or never-allowed TCB status {', '.join(unknown)}; choose from "
+                    f"{', '.join(sorted(TCB_STATUSES))}"
+                )
+            )
         kwargs["allowed_tcb_statuses"] = frozenset({"UpToDate", *args.allow_tcb_status})
     if args.allow_debug_insecure:
         kwargs["allow_debug_insecure"] = True
-    if args.nonce:
+    if args.nonce is not None:
         kwargs["nonce"] = _hex(args.nonce, "--nonce")
+        if not 1 <= len(kwargs["nonce"]) <= 64:
+            raise SystemExit(_usage("--nonce must be 1 to 64 bytes"))
     if args.keys:
         kwargs["key_bundle"] = _read(args.keys, "key bundle")
     return Policy(**kwargs)
@@ -106,8 +145,9 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _print_report(report: Any, as_json: bool) -> None:
+def _print_report(report: Any, as_json: bool, *, freshness_checked: bool) -> None:
     data = report.to_dict()
+    data["freshness_checked"] = freshness_checked
     if as_json:
         print(json.dumps(data, sort_keys=True))
         return
@@ -127,6 +167,8 @@ def _print_report(report: Any, as_json: bool) -> None:
         print(f"  {mark} {check['name']}{detail}")
     if data["ok"]:
         print("VERIFIED: every check passed")
+        if not data.get("freshness_checked"):
+            print("note: no --nonce given, so this quote may be a replay of an old one")
     else:
         print(f"REJECTED: {data['reason']}")
 
@@ -134,8 +176,9 @@ def _print_report(report: Any, as_json: bool) -> None:
 def cmd_verify_quote(args: argparse.Namespace) -> int:
     quote = _read(args.quote, "quote")
     collateral = _read(args.collateral, "collateral").decode("utf-8", errors="replace")
-    report = check_quote(quote, collateral, policy_from_args(args))
-    _print_report(report, args.json)
+    policy = policy_from_args(args)
+    report = check_quote(quote, collateral, policy)
+    _print_report(report, args.json, freshness_checked=policy.nonce is not None)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

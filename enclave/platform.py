@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import secrets
 import shutil
@@ -47,7 +48,7 @@ from enclave.pki import (
     pem_chain,
     sign_raw,
 )
-from enclave.quote import CERT_DATA_PCK_CHAIN, INTEL_QE_VENDOR_ID, Quote, QuoteHeader, ReportBody
+from enclave.quote import CERT_DATA_PCK_CHAIN, INTEL_QE_VENDOR_ID, Quote, QuoteHeader, ReportBody, report_mac
 
 FORMAT_VERSION = 1
 PLATFORM_DIR = "platform"
@@ -190,11 +191,23 @@ class Platform:
         """:meth:`collateral` as JSON text, for ``dcap_qvl.QuoteCollateralV3.from_json``."""
         return json.dumps(self.collateral())
 
-    def quote(self, report: ReportBody) -> bytes:
+    def report_key(self) -> bytes:
+        """The emulated CPU's REPORT key (what EGETKEY gives an enclave for targeting the QE).
+
+        Only the launch code hands it to an enclave; the quoting enclave checks report MACs with it."""
+        return report_key(self.root_secret())
+
+    def quote(self, report: ReportBody, mac: bytes) -> bytes:
         """The emulated quoting enclave: a DCAP v3 ECDSA quote over ``report``, exactly as given
-        (including its DEBUG bit; judging that is the verifier's job)."""
+        (including its DEBUG bit; judging that is the verifier's job), after checking the report's
+        MAC = HMAC-SHA256(REPORT key, report body), as SGX's QE checks EREPORT's CMAC. Raises
+        PlatformError for a report that no enclave on this platform produced."""
         if not isinstance(report, ReportBody):
             raise TypeError("quote() takes a ReportBody")
+        if not isinstance(mac, bytes) or not hmac.compare_digest(mac, report_mac(self.report_key(), report)):
+            raise PlatformError(
+                "report MAC invalid: the report did not come from an enclave on this platform"
+            )
         tcb = self._tcb
         qe_id = hashlib.sha256(b"escrow.v1/emulated-sgx/qe-id" + bytes.fromhex(self._platform_id)).digest()
         header = QuoteHeader(
@@ -374,3 +387,11 @@ def _check_collateral(obj: Any, pki: Pki) -> dict[str, str]:
 
 
 __all__ = ["Platform", "PlatformError"]
+
+
+REPORT_KEY_LABEL = b"escrow.v1/emulated-cpu/report-key"
+
+
+def report_key(root_secret: bytes) -> bytes:
+    """REPORT key = HMAC-SHA256(root secret, label): known to the emulated CPU, its enclaves and the QE."""
+    return hmac.new(root_secret, REPORT_KEY_LABEL, hashlib.sha256).digest()

@@ -21,6 +21,8 @@ The QE report's report_data is SHA-256(attestation_key || qe_auth_data) || 32 ze
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass, field, replace
 
@@ -242,3 +244,10 @@ def parse_quote(data: bytes) -> Quote:
 def _check_len(name: str, value: bytes, size: int) -> None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != size:
         raise QuoteFormatError("QUOTE_FORMAT_INVALID", f"{name} must be {size} bytes")
+
+
+def report_mac(key: bytes, report: ReportBody) -> bytes:
+    """The emulated EREPORT MAC: HMAC-SHA256(REPORT key, 384-byte report body). Real SGX uses an
+    AES-CMAC under the target's report key; the role is the same: the quoting enclave signs only
+    reports that an enclave on the same platform produced."""
+    return hmac.new(key, report.to_bytes(), hashlib.sha256).digest()

@@ -59,8 +59,14 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("attestation_key_type", "UNSUPPORTED_KEY_TYPE"),
     ("qe_vendor", "QE_VENDOR_UNKNOWN"),
     ("cert_data_type", "CERT_DATA_UNSUPPORTED"),
-    ("collateral_format", "COLLATERAL_INVALID"),
+    # the quote's own integrity first, so that a tampered quote is named as such whatever the
+    # evaluation time and the TCB policy
     ("pck_chain_format", "PCK_CHAIN_INVALID"),
+    ("qe_report_signature", "QE_REPORT_SIGNATURE_INVALID"),
+    ("attestation_key_binding", "ATTESTATION_KEY_BINDING_INVALID"),
+    ("report_signature", "REPORT_SIGNATURE_INVALID"),
+    # then the chain of trust and the collateral
+    ("collateral_format", "COLLATERAL_INVALID"),
     ("pck_chain_trust", "PCK_CHAIN_UNTRUSTED"),
     ("collateral_validity", "COLLATERAL_EXPIRED"),
     ("crl_signatures", "CRL_INVALID"),
@@ -71,9 +77,7 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("tcb_status", "TCB_STATUS_NOT_ALLOWED"),
     ("qe_identity_signature", "QE_IDENTITY_SIGNATURE_INVALID"),
     ("qe_identity", "QE_IDENTITY_MISMATCH"),
-    ("qe_report_signature", "QE_REPORT_SIGNATURE_INVALID"),
-    ("attestation_key_binding", "ATTESTATION_KEY_BINDING_INVALID"),
-    ("report_signature", "REPORT_SIGNATURE_INVALID"),
+    # then the policy on the enclave itself
     ("debug", "DEBUG_ENCLAVE"),
     ("mrenclave", "MRENCLAVE_MISMATCH"),
     ("mrsigner", "MRSIGNER_MISMATCH"),

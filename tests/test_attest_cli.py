@@ -240,3 +240,64 @@ def test_usage_errors_exit_2(
     assert bad_nonce.returncode == 2 and "nonce" in bad_nonce.stderr
     serve = run("escrow-server", "serve")
     assert serve.returncode == 1 and "not built yet" in serve.stderr
+
+
+def test_a_tampered_real_quote_is_named_at_any_time(shared_vectors: Path, tmp_path: Path) -> None:
+    dcap = shared_vectors / "dcap"
+    quote = bytearray((dcap / "sgx_quote_v3.bin").read_bytes())
+    quote[48 + 64] ^= 0x01  # a byte of MRENCLAVE
+    (tmp_path / "q.bin").write_bytes(bytes(quote))
+    for extra in ([], ["--at", "1751000000"]):
+        done = run(
+            "escrow-attest",
+            "verify-quote",
+            str(tmp_path / "q.bin"),
+            "--collateral",
+            str(dcap / "sgx_quote_v3_collateral.json"),
+            "--json",
+            *extra,
+        )
+        assert done.returncode == 1 and json.loads(done.stdout)["reason"] == "REPORT_SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--allow-tcb-status", "Revoked"],
+        ["--allow-tcb-status", "UpTodate"],
+        ["--nonce", ""],
+        ["--at", "yesterday"],
+    ],
+)
+def test_policy_flags_are_validated(exported: dict[str, Path | str], args: list[str]) -> None:
+    out = Path(exported["out"])
+    done = run(
+        "escrow-attest",
+        "verify-quote",
+        str(out / "quote.bin"),
+        "--collateral",
+        str(out / "collateral.json"),
+        *args,
+    )
+    assert done.returncode == 2 and done.stderr
+
+
+def test_a_pem_root_is_accepted_and_a_missing_nonce_is_pointed_out(exported: dict[str, Path | str]) -> None:
+    out = Path(exported["out"])
+    pem = out.parent / "root_ca.pem"
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pem.write_bytes(
+        x509.load_der_x509_certificate((out / "root_ca.der").read_bytes()).public_bytes(Encoding.PEM)
+    )
+    done = run(
+        "escrow-attest",
+        "verify-quote",
+        str(out / "quote.bin"),
+        "--collateral",
+        str(out / "collateral.json"),
+        "--root-ca",
+        str(pem),
+    )
+    assert done.returncode == 0 and "no --nonce given" in done.stdout

@@ -10,9 +10,10 @@ from pathlib import Path
 import dcap_qvl
 import pytest
 
-from enclave.errors import BoundaryError, RollbackError, SealingError
-from enclave.host import STATE_FILE, EnclaveHost
+from enclave.errors import BoundaryError, PlatformError, RollbackError, SealingError
+from enclave.host import STATE_FILE, EnclaveHost, launch
 from enclave.measurement import EnclaveConfig, mrenclave
+from enclave.platform import Platform
 from enclave.quote import parse_quote
 from enclave.trusted.keybundle import KeyBundle
 
@@ -24,6 +25,12 @@ def nv_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "nv"
     monkeypatch.setenv("ESCROW_NV_DIR", str(path))
     return path
+
+
+def _once(data: Path, config: EnclaveConfig | None = None) -> bytes:
+    """Start an enclave host on ``data``, return its key bundle, and release the directory."""
+    with EnclaveHost.start(data, config) as host:
+        return host.key_bundle()
 
 
 def _dcap_verify(quote: bytes, collateral_json: str, root_der: bytes) -> str:
@@ -66,26 +73,26 @@ def test_debug_changes_the_measurement(tmp_path: Path, nv_dir: Path) -> None:
 
 def test_restart_keeps_the_keys(tmp_path: Path, nv_dir: Path) -> None:
     data = tmp_path / "data"
-    first = EnclaveHost.start(data).key_bundle()
-    assert EnclaveHost.start(data).key_bundle() == first
+    first = _once(data)
+    assert _once(data) == first
     # an ISVSVN upgrade keeps the MRSIGNER-sealed keys (the bundle then names the new ISVSVN)
-    upgraded = KeyBundle.from_bytes(EnclaveHost.start(data, EnclaveConfig(isv_svn=2)).key_bundle())
+    upgraded = KeyBundle.from_bytes(_once(data, EnclaveConfig(isv_svn=2)))
     assert upgraded.ledger_key == KeyBundle.from_bytes(first).ledger_key and upgraded.isv_svn == 2
 
 
 def test_a_downgraded_enclave_cannot_open_newer_state(tmp_path: Path, nv_dir: Path) -> None:
     data = tmp_path / "data"
-    EnclaveHost.start(data, EnclaveConfig(isv_svn=3))
+    _once(data, EnclaveConfig(isv_svn=3))
     with pytest.raises(SealingError, match=r"(?i)isvsvn"):
         EnclaveHost.start(data, EnclaveConfig(isv_svn=2))
 
 
 def test_a_rolled_back_data_directory_is_refused(tmp_path: Path, nv_dir: Path) -> None:
     data = tmp_path / "data"
-    EnclaveHost.start(data)
+    _once(data)
     backup = tmp_path / "backup"
     shutil.copytree(data, backup)
-    EnclaveHost.start(data)  # the platform counter moves on
+    _once(data)  # the platform counter moves on
     shutil.rmtree(data)
     shutil.copytree(backup, data)
     with pytest.raises(RollbackError):
@@ -95,15 +102,17 @@ def test_a_rolled_back_data_directory_is_refused(tmp_path: Path, nv_dir: Path) -
 def test_state_ahead_of_the_counter_is_accepted(tmp_path: Path, nv_dir: Path) -> None:
     """A crash after the resealed state was stored but before the counter moved loses nothing."""
     data = tmp_path / "data"
-    host = EnclaveHost.start(data)
-    sealed = host._ecall("start", (data / STATE_FILE).read_bytes())  # reseal at counter + 1 ...
+    bundle = _once(data)
+    platform = Platform.open(data)
+    _, enclave = launch(platform, EnclaveConfig())
+    sealed = enclave.ecall("start", (data / STATE_FILE).read_bytes())  # reseal at counter + 1 ...
     (data / STATE_FILE).write_bytes(sealed)  # ... stored, and the process dies before commit_start
-    assert EnclaveHost.start(data).key_bundle() == host.key_bundle()
+    assert _once(data) == bundle
 
 
 def test_tampered_sealed_state_is_refused(tmp_path: Path, nv_dir: Path) -> None:
     data = tmp_path / "data"
-    EnclaveHost.start(data)
+    _once(data)
     blob = bytearray((data / STATE_FILE).read_bytes())
     blob[-1] ^= 1
     (data / STATE_FILE).write_bytes(bytes(blob))
@@ -119,7 +128,8 @@ def test_tampered_sealed_state_is_refused(tmp_path: Path, nv_dir: Path) -> None:
         ("report", bytes(65)),
         ("key_bundle", b"x"),
         ("commit_start", b""),  # nothing pending after start completed
-        ("start", b"\x00" * 10),  # not a sealed blob
+        ("start", b"\x00" * 10),  # start runs once
+        ("start", b""),
     ],
 )
 def test_the_boundary_rejects_malformed_ecalls(
@@ -136,3 +146,44 @@ def test_the_boundary_rejects_non_bytes_and_oversized_payloads(tmp_path: Path, n
         host._ecall("report", "text")  # type: ignore[arg-type]
     with pytest.raises(BoundaryError):
         host._ecall("report", bytes(2 << 20))
+
+
+def test_lost_state_is_refused_once_the_counter_moved(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    _once(data)
+    (data / STATE_FILE).unlink()
+    with pytest.raises(RollbackError, match="no sealed state"):
+        EnclaveHost.start(data)
+
+
+def test_editing_the_platform_id_does_not_escape_the_counter(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    _once(data)
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)
+    _once(data)
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+    meta = data / "platform" / "platform.json"
+    text = meta.read_text()
+    platform_id = Platform.open(data).platform_id
+    meta.write_text(text.replace(platform_id, "aa" * 16))
+    with pytest.raises((RollbackError, PlatformError)):
+        EnclaveHost.start(data)
+
+
+def test_one_host_per_data_directory(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    with EnclaveHost.start(data), pytest.raises(PlatformError, match="in use"):
+        EnclaveHost.start(data)
+    _once(data)  # released on close
+
+
+def test_the_enclave_answers_nothing_before_its_counter_is_committed(tmp_path: Path, nv_dir: Path) -> None:
+    data = tmp_path / "data"
+    _once(data)
+    _, enclave = launch(Platform.open(data), EnclaveConfig())
+    enclave.ecall("start", (data / STATE_FILE).read_bytes())
+    for name, payload in (("key_bundle", b""), ("report", b"nonce")):
+        with pytest.raises(BoundaryError, match="commit_start"):
+            enclave.ecall(name, payload)

@@ -35,13 +35,28 @@ from enclave.pki import (
     sgx_extensions_der,
 )
 from enclave.platform import ALL_FILES, PLATFORM_DIR, SECRET_FILES, Platform
-from enclave.quote import INTEL_QE_VENDOR_ID, ReportBody, parse_quote
+from enclave.quote import INTEL_QE_VENDOR_ID, ReportBody, parse_quote, report_mac
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400
 # attributes as in the sample quote: flags INIT | MODE64BIT (0x05), XFRM 0xe7; DEBUG adds 0x02
 PRODUCTION_ATTRIBUTES = (0x05).to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
 DEBUG_ATTRIBUTES = (0x07).to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
+
+
+def signed_quote(platform: Platform, body: ReportBody) -> bytes:
+    """A quote for a report body MAC'd with the platform's REPORT key, as an enclave on it would."""
+    return platform.quote(body, report_mac(platform.report_key(), body))
+
+
+def test_the_quoting_enclave_refuses_reports_without_a_valid_mac(tmp_path: Path) -> None:
+    platform = Platform.open(tmp_path)
+    body = report_body()
+    with pytest.raises(PlatformError, match="report MAC"):
+        platform.quote(body, bytes(32))
+    other = Platform.open(tmp_path / "other")
+    with pytest.raises(PlatformError, match="report MAC"):  # a report MAC'd on another platform
+        platform.quote(body, report_mac(other.report_key(), body))
 
 
 def report_body(attributes: bytes = PRODUCTION_ATTRIBUTES) -> ReportBody:
@@ -97,7 +112,7 @@ def test_reopen_gives_the_same_platform(tmp_path: Path) -> None:
     assert again.root_secret() == first.root_secret() and len(first.root_secret()) == 32
     assert again.root_ca_der() == first.root_ca_der()
     assert again.collateral() == first.collateral()
-    q1, q2 = parse_quote(first.quote(report_body())), parse_quote(again.quote(report_body()))
+    q1, q2 = parse_quote(signed_quote(first, report_body())), parse_quote(signed_quote(again, report_body()))
     assert q1.attestation_key == q2.attestation_key and q1.cert_data == q2.cert_data
     assert q1.header == q2.header
 
@@ -239,7 +254,7 @@ def test_concurrent_first_open_yields_one_platform(tmp_path: Path) -> None:
 
 
 def test_quote_and_collateral_pass_dcap_qvl_under_our_root(platform: Platform) -> None:
-    quote = platform.quote(report_body())
+    quote = signed_quote(platform, report_body())
     verified = dcap_verify(quote, platform.collateral_json(), platform.root_ca_der(), int(time.time()))
     assert verified.status == "UpToDate"
     assert verified.advisory_ids == []
@@ -249,7 +264,7 @@ def test_strict_policy_accepts_our_quote(platform: Platform) -> None:
     now = int(time.time())
     collateral = dcap_qvl.QuoteCollateralV3.from_json(platform.collateral_json())
     claims = dcap_qvl.QuoteVerifier(platform.root_ca_der()).verify_with_policy(
-        platform.quote(report_body()), collateral, now, dcap_qvl.QuotePolicy.strict(now)
+        signed_quote(platform, report_body()), collateral, now, dcap_qvl.QuotePolicy.strict(now)
     )
     parsed = json.loads(claims.to_json())
     assert parsed["tcb"]["status"] == "UpToDate"
@@ -258,7 +273,7 @@ def test_strict_policy_accepts_our_quote(platform: Platform) -> None:
 
 def test_quote_fails_under_intel_root(platform: Platform, intel_root: bytes, shared_vectors: Path) -> None:
     assert intel_root == (shared_vectors / "dcap" / "intel_sgx_root_ca.der").read_bytes()
-    quote = platform.quote(report_body())
+    quote = signed_quote(platform, report_body())
     with pytest.raises(ValueError, match="root CA CRL"):
         dcap_verify(quote, platform.collateral_json(), intel_root, int(time.time()))
     with pytest.raises(ValueError):
@@ -278,14 +293,14 @@ def test_quote_fails_under_intel_root_even_with_intels_collateral(
     mixed = {**ours.collateral(), **intel}
     intel_root = (shared_vectors / "dcap" / "intel_sgx_root_ca.der").read_bytes()
     with pytest.raises(ValueError, match="UnknownIssuer"):
-        dcap_verify(ours.quote(report_body()), json.dumps(mixed), intel_root, at)
+        dcap_verify(signed_quote(ours, report_body()), json.dumps(mixed), intel_root, at)
 
 
 def test_debug_quote_is_rejected_by_dcap_qvl(platform: Platform) -> None:
     # quote() signs what it is given; dcap-qvl refuses a DEBUG enclave in every verification path
     # (verify, verify_with_root_ca, and verify_with_policy even under its most lenient policy)
     now = int(time.time())
-    debug_quote = platform.quote(report_body(DEBUG_ATTRIBUTES))
+    debug_quote = signed_quote(platform, report_body(DEBUG_ATTRIBUTES))
     assert parse_quote(debug_quote).report.debug
     with pytest.raises(ValueError, match="Debug mode is enabled"):
         dcap_verify(debug_quote, platform.collateral_json(), platform.root_ca_der(), now)
@@ -297,7 +312,7 @@ def test_debug_quote_is_rejected_by_dcap_qvl(platform: Platform) -> None:
 
 
 def test_tampered_report_body_is_rejected(platform: Platform) -> None:
-    quote = bytearray(platform.quote(report_body()))
+    quote = bytearray(signed_quote(platform, report_body()))
     quote[48 + 320] ^= 1  # first byte of REPORTDATA
     with pytest.raises(ValueError, match="signature"):
         dcap_verify(bytes(quote), platform.collateral_json(), platform.root_ca_der(), int(time.time()))
@@ -305,7 +320,7 @@ def test_tampered_report_body_is_rejected(platform: Platform) -> None:
 
 def test_quote_layout(platform: Platform) -> None:
     body = report_body()
-    raw = platform.quote(body)
+    raw = signed_quote(platform, body)
     quote = parse_quote(raw)
     assert quote.to_bytes() == raw
     assert quote.report == body and quote.report.report_data == body.report_data
@@ -336,7 +351,7 @@ def test_quote_layout(platform: Platform) -> None:
 
 
 def test_dcap_qvl_reads_our_pck_extension(platform: Platform) -> None:
-    quote = platform.quote(report_body())
+    quote = signed_quote(platform, report_body())
     tcb = json.loads((platform.directory / "platform.json").read_text())["tcb"]
     ext = dcap_qvl.parse_pck_extension_from_pem(parse_quote(quote).cert_data)
     assert ext.fmspc.hex() == tcb["fmspc"] and ext.pce_id.hex() == tcb["pce_id"]
@@ -377,7 +392,7 @@ def test_certificates_have_intels_extension_profile(platform: Platform, shared_v
     intel_leaf, intel_ca, intel_root = _intel_pck_chain(shared_vectors)
     intel_collateral = json.loads((shared_vectors / "dcap" / "sgx_quote_v3_collateral.json").read_text())
     intel_tcb_signing = chain_certs(intel_collateral["tcb_info_issuer_chain"])[0]
-    leaf, ca, root = chain_certs(parse_quote(platform.quote(report_body())).cert_data)
+    leaf, ca, root = chain_certs(parse_quote(signed_quote(platform, report_body())).cert_data)
     tcb_signing = chain_certs(platform.collateral()["tcb_info_issuer_chain"])[0]
     pairs = [(leaf, intel_leaf), (ca, intel_ca), (root, intel_root), (tcb_signing, intel_tcb_signing)]
     for ours, intels in pairs:
@@ -422,7 +437,7 @@ def test_collateral_is_reissued_near_expiry(tmp_path: Path) -> None:
     clock = Clock(t0)
     created = Platform.open(tmp_path, now=clock)
     original = created.collateral()
-    quote = created.quote(report_body())
+    quote = signed_quote(created, report_body())
 
     clock.t = t0 + 10 * DAY  # 20 days left: nothing to do
     assert Platform.open(tmp_path, now=clock).collateral() == original
@@ -448,7 +463,7 @@ def test_a_running_platform_reissues_when_asked_for_collateral(tmp_path: Path) -
     clock.t += 25 * DAY
     assert running.collateral() != first
     verified = dcap_verify(
-        running.quote(report_body()), running.collateral_json(), running.root_ca_der(), clock.t
+        signed_quote(running, report_body()), running.collateral_json(), running.root_ca_der(), clock.t
     )
     assert verified.status == "UpToDate"
 
@@ -456,7 +471,7 @@ def test_a_running_platform_reissues_when_asked_for_collateral(tmp_path: Path) -
 def test_collateral_tolerates_a_verifier_clock_slightly_behind(tmp_path: Path) -> None:
     t0 = int(time.time())
     p = Platform.open(tmp_path, now=lambda: t0)
-    verified = dcap_verify(p.quote(report_body()), p.collateral_json(), p.root_ca_der(), t0 - 600)
+    verified = dcap_verify(signed_quote(p, report_body()), p.collateral_json(), p.root_ca_der(), t0 - 600)
     assert verified.status == "UpToDate"
 
 

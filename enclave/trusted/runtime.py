@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from enclave.errors import BoundaryError, RollbackError
-from enclave.quote import ATTR_DEBUG, ATTR_INIT, ATTR_MODE64BIT, ReportBody
+from enclave.quote import ATTR_DEBUG, ATTR_INIT, ATTR_MODE64BIT, ReportBody, report_mac
 from enclave.trusted.keybundle import KeyBundle, KeyBundleError, report_data
 from enclave.trusted.sealing import EnclaveIdentity, KeyPolicy, Slot, seal, unseal
 
@@ -47,10 +47,12 @@ class Counter(Protocol):
 
 @dataclass(frozen=True)
 class CpuServices:
-    """What the emulated CPU gives the enclave it initialised: identity, sealing root, counter."""
+    """What the emulated CPU gives the enclave it initialised: identity, the root its sealing keys
+    derive from, the REPORT key that MACs its reports for the quoting enclave, the counter."""
 
     identity: EnclaveIdentity
-    sealing_root: bytes
+    sealing_root: bytes = field(repr=False)
+    report_key: bytes = field(repr=False)
     counter: Counter
     cpu_svn: bytes = bytes(16)
 
@@ -118,6 +120,8 @@ class TrustedEnclave:
         self._cpu = cpu
         self._state: _State | None = None
         self._pending_counter: int | None = None
+        self._started = False
+        self._committed = False
         self._lock = threading.Lock()
         self._ecalls: dict[str, Callable[[bytes], bytes]] = {
             "start": self._start,
@@ -141,8 +145,19 @@ class TrustedEnclave:
     # --- ecalls ---------------------------------------------------------------------------------
 
     def _start(self, sealed: bytes) -> bytes:
-        """Open (or create) the sealed state; returns the resealed blob for the host to store."""
+        """Open (or create) the sealed state; returns the resealed blob for the host to store.
+
+        Once per enclave. Empty state is a first start only while the platform counter is 0: state
+        that went missing afterwards is refused like state that went back in time."""
+        if self._started:
+            raise BoundaryError("start may be called once")
+        self._started = True
         counter = self._cpu.counter.read()
+        if not sealed and counter > 0:
+            raise RollbackError(
+                f"no sealed state, but the platform counter is at {counter}: the state was deleted or the "
+                "data directory replaced"
+            )
         if sealed:
             state = _State.from_bytes(unseal(self._cpu.sealing_root, self._cpu.identity, sealed, STATE_SLOT))
             if state.counter < counter:
@@ -171,6 +186,7 @@ class TrustedEnclave:
         while self._cpu.counter.read() < self._pending_counter:
             self._cpu.counter.increment()
         self._pending_counter = None
+        self._committed = True
         return b""
 
     def _key_bundle(self, payload: bytes) -> bytes:
@@ -179,7 +195,8 @@ class TrustedEnclave:
         return self._bundle().to_bytes()
 
     def _report(self, nonce: bytes) -> bytes:
-        """EREPORT for the quoting enclave: REPORTDATA = SHA-256(key bundle) || SHA-256(nonce)."""
+        """EREPORT for the quoting enclave: the 384-byte body with REPORTDATA = SHA-256(key bundle) ||
+        SHA-256(nonce), followed by its 32-byte MAC under the REPORT key."""
         try:
             data = report_data(self._bundle().to_bytes(), nonce)
         except KeyBundleError as e:
@@ -195,13 +212,13 @@ class TrustedEnclave:
             isv_svn=identity.isv_svn,
             report_data=data,
         )
-        return body.to_bytes()
+        return body.to_bytes() + report_mac(self._cpu.report_key, body)
 
     # --- helpers --------------------------------------------------------------------------------
 
     def _require_state(self) -> _State:
-        if self._state is None:
-            raise BoundaryError("the enclave has not been started")
+        if self._state is None or not self._committed:
+            raise BoundaryError("the enclave answers only after start and commit_start")
         return self._state
 
     def _bundle(self) -> KeyBundle:

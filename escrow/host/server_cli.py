@@ -31,23 +31,31 @@ def cmd_quote(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = EnclaveConfig(debug=args.debug_enclave)
     try:
-        host = EnclaveHost.start(Path(args.data_dir), config)
-        bundle = host.quote(nonce)
+        with EnclaveHost.start(Path(args.data_dir), config) as host:
+            bundle = host.quote(nonce)
+            identity, platform_id = host.identity, host.platform.platform_id
     except EnclaveError as e:
         print(f"escrow-server: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:
+        print(f"escrow-server: cannot use data directory {args.data_dir}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fsutil.atomic_write(out / "quote.bin", bundle.quote)
-    fsutil.atomic_write(out / "collateral.json", bundle.collateral_json.encode())
-    fsutil.atomic_write(out / "root_ca.der", bundle.root_ca_der)
-    fsutil.atomic_write(out / "keys.bin", bundle.key_bundle)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fsutil.atomic_write(out / "quote.bin", bundle.quote)
+        fsutil.atomic_write(out / "collateral.json", bundle.collateral_json.encode())
+        fsutil.atomic_write(out / "root_ca.der", bundle.root_ca_der)
+        fsutil.atomic_write(out / "keys.bin", bundle.key_bundle)
+    except OSError as e:
+        print(f"escrow-server: cannot write to {out}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     summary = {
         "out": str(out),
-        "mrenclave": host.identity.mr_enclave.hex(),
-        "mrsigner": host.identity.mr_signer.hex(),
-        "debug": host.identity.debug,
-        "platform_id": host.platform.platform_id,
+        "mrenclave": identity.mr_enclave.hex(),
+        "mrsigner": identity.mr_signer.hex(),
+        "debug": identity.debug,
+        "platform_id": platform_id,
     }
     print(json.dumps(summary) if args.json else "\n".join(f"{k:12s} {v}" for k, v in summary.items()))
     return EXIT_OK
