@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m zk.demo
+	$(PY) -m escrow.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
