@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enclave.collateral import TCB_STATUSES
 from enclave.measurement import EnclaveConfig, mrenclave, mrsigner
 from enclave.verifier import Policy, check_quote
 
@@ -59,16 +60,7 @@ def _parse_time(value: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-    }
-)
+ALLOWABLE_TCB_STATUSES = TCB_STATUSES - {"Revoked"}  # Revoked is never allowed
 
 
 def _root_ca(path: str) -> bytes:
@@ -100,12 +92,12 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     if args.min_isvsvn is not None:
         kwargs["min_isv_svn"] = args.min_isvsvn
     if args.allow_tcb_status:
-        unknown = sorted(set(args.allow_tcb_status) - TCB_STATUSES)
+        unknown = sorted(set(args.allow_tcb_status) - ALLOWABLE_TCB_STATUSES)
         if unknown:
             raise SystemExit(
                 _usage(
                     f"unknown or never-allowed TCB status {', '.join(unknown)}; choose from "
-                    f"{', '.join(sorted(TCB_STATUSES))}"
+                    f"{', '.join(sorted(ALLOWABLE_TCB_STATUSES))}"
                 )
             )
         kwargs["allowed_tcb_statuses"] = frozenset({"UpToDate", *args.allow_tcb_status})

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave import fsutil
+from enclave.collateral import COLLATERAL_KEYS  # dcap-qvl's QuoteCollateralV3 JSON, in its order
 from enclave.errors import PlatformError
 from enclave.pki import (
     CLOCK_SKEW_ALLOWANCE,
@@ -78,17 +79,6 @@ PKI_FILES = (
 )
 SECRET_FILES = (ROOT_SECRET, ATTESTATION_KEY, *(key for key, _ in PKI_FILES))
 ALL_FILES = (PLATFORM_JSON, ROOT_CA_DER, COLLATERAL_JSON, *SECRET_FILES, *(cert for _, cert in PKI_FILES))
-COLLATERAL_KEYS = (  # dcap-qvl's QuoteCollateralV3 JSON, in its order
-    "pck_crl_issuer_chain",
-    "root_ca_crl",
-    "pck_crl",
-    "tcb_info_issuer_chain",
-    "tcb_info",
-    "tcb_info_signature",
-    "qe_identity_issuer_chain",
-    "qe_identity",
-    "qe_identity_signature",
-)
 
 Clock = Callable[[], float]  # Unix seconds, like time.time
 

@@ -71,18 +71,8 @@ class KeyBundle:
         """Strictly parse a canonical bundle (exact lengths, nothing trailing)."""
         if not isinstance(data, (bytes, bytearray)) or len(data) > 1024:
             raise KeyBundleError("a key bundle is at most 1024 bytes")
-        fields = []
-        pos = 0
         data = bytes(data)
-        while pos < len(data):
-            if pos + 4 > len(data):
-                raise KeyBundleError("truncated length prefix")
-            n = int.from_bytes(data[pos : pos + 4], "big")
-            pos += 4
-            if pos + n > len(data):
-                raise KeyBundleError("truncated field")
-            fields.append(data[pos : pos + n])
-            pos += n
+        fields = split_length_prefixed(data)
         if len(fields) != 8 or fields[0] != TAG:
             raise KeyBundleError("not an escrow.v1 key bundle")
         if len(fields[5]) != 2 or len(fields[6]) != 8:
@@ -99,6 +89,22 @@ class KeyBundle:
         if bundle.to_bytes() != data:
             raise KeyBundleError("non-canonical key bundle")
         return bundle
+
+
+def split_length_prefixed(data: bytes) -> list[bytes]:
+    """Split lp(f1) || lp(f2) || ... (4-byte big-endian lengths); raises KeyBundleError if truncated."""
+    fields = []
+    pos = 0
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise KeyBundleError("truncated length prefix")
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if pos + n > len(data):
+            raise KeyBundleError("truncated field")
+        fields.append(data[pos : pos + n])
+        pos += n
+    return fields
 
 
 def check_nonce(nonce: bytes) -> bytes:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from enclave.errors import BoundaryError, RollbackError
 from enclave.quote import ATTR_DEBUG, ATTR_INIT, ATTR_MODE64BIT, ReportBody, report_mac
-from enclave.trusted.keybundle import KeyBundle, KeyBundleError, report_data
+from enclave.trusted.keybundle import KeyBundle, KeyBundleError, report_data, split_length_prefixed
 from enclave.trusted.sealing import EnclaveIdentity, KeyPolicy, Slot, seal, unseal
 
 STATE_TAG = b"escrow.v1/enclave-state/v1"
@@ -62,16 +62,10 @@ def _lp(data: bytes) -> bytes:
 
 
 def _split_lp(data: bytes, count: int) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        if pos + 4 > len(data):
-            raise BoundaryError("truncated length prefix")
-        n = int.from_bytes(data[pos : pos + 4], "big")
-        pos += 4
-        if pos + n > len(data):
-            raise BoundaryError("truncated field")
-        out.append(data[pos : pos + n])
-        pos += n
+    try:
+        out = split_length_prefixed(data)
+    except KeyBundleError as e:
+        raise BoundaryError(str(e)) from e
     if len(out) != count:
         raise BoundaryError(f"expected {count} fields, got {len(out)}")
     return out
