@@ -114,10 +114,16 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
 
 def add_policy_flags(p: argparse.ArgumentParser) -> None:
     """The policy flags shared by verify-quote and (later) verify --target."""
-    p.add_argument("--root-ca", metavar="FILE", help="trust this root CA (DER or PEM) instead of Intel's SGX root")
+    p.add_argument(
+        "--root-ca", metavar="FILE", help="trust this root CA (DER or PEM) instead of Intel's SGX root"
+    )
     p.add_argument("--nonce", metavar="HEX", help="REPORTDATA's second half must be SHA-256 of this nonce")
     p.add_argument("--keys", metavar="FILE", help="key bundle whose SHA-256 REPORTDATA's first half must be")
-    p.add_argument("--at", metavar="TIME", help="evaluate certificates and collateral at this time (ISO-8601 or unix seconds)")
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="evaluate certificates and collateral at this time (ISO-8601 or unix seconds)",
+    )
     p.add_argument("--expect-mrenclave", metavar="HEX", help="required MRENCLAVE (64 hex digits)")
     p.add_argument("--expect-mrsigner", metavar="HEX", help="required MRSIGNER (64 hex digits)")
     p.add_argument("--expect-isvprodid", metavar="N", type=int, help="required ISVPRODID")
