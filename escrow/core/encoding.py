@@ -151,7 +151,9 @@ class Optional:
             return None, pos
         if flag != 1:
             raise BodyError("optional flag must be 0 or 1")
-        return self.item.decode(data, pos)
+        value: Any
+        value, pos = self.item.decode(data, pos)
+        return value, pos
 
 
 Schema = Sequence[tuple[str, Any]]
