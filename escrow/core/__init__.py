@@ -1,0 +1,1 @@
+"""The escrow's trusted core: runs inside the enclave."""
