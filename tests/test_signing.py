@@ -22,6 +22,7 @@ from escrow.core.signing import (
     SIGNATURE_MALFORMED,
     SignatureError,
 )
+from zk import ed25519 as ed
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
@@ -215,7 +216,7 @@ def _affine_encode(point: tuple[int, int]) -> bytes:
 
 
 def _affine(encoding: bytes) -> tuple[int, int]:
-    point = signing._ed_decode(encoding)
+    point = ed.decode(encoding)
     assert point is not None
     z_inv = pow(point[2], -1, P)
     return (point[0] * z_inv % P, point[1] * z_inv % P)
@@ -228,17 +229,17 @@ def _clamped_scalar(seed: bytes) -> int:
 
 def test_module_arithmetic_matches_affine_reference_and_openssl() -> None:
     seed = bytes.fromhex(RFC8032[0][1])
-    base = _affine(signing._ed_encode(signing._ED_BASE))
+    base = _affine(ed.encode(ed.BASE))
     assert base[1] == 4 * pow(5, -1, P) % P and base[0] % 2 == 0
     # [a]B by the independent affine formulas equals OpenSSL's public key.
     assert _affine_encode(_affine_mult(_clamped_scalar(seed), base)) == signing.ed25519_public_key(seed)
     for k in (1, 2, 3, 8, 1000, L - 1, 2**200 + 12345):
         expected = _affine_encode(_affine_mult(k, base))
-        assert signing._ed_encode(signing._ed_scalar_mult(k, signing._ED_BASE)) == expected
+        assert ed.encode(ed.scalar_mult(k, ed.BASE)) == expected
 
 
 def test_small_order_list_is_exactly_the_eight_torsion_points() -> None:
-    canonical = [k for k in SMALL_ORDER_KEYS if signing._ed_decode(k) is not None]
+    canonical = [k for k in SMALL_ORDER_KEYS if ed.decode(k) is not None]
     points = {_affine(k) for k in canonical}
     assert len(points) == len(canonical) == 8
     order8 = _affine(SMALL_ORDER_KEYS[2])
@@ -269,8 +270,8 @@ def _noncanonical_valid_points() -> list[int]:
     """The y < 19 (so y + p still fits in 255 bits) that are the y of a large-order point."""
     found = []
     for y in range(2, 19):
-        point = signing._ed_decode(y.to_bytes(32, "little"))
-        if point is not None and not signing._ed_has_small_order(point):
+        point = ed.decode(y.to_bytes(32, "little"))
+        if point is not None and not ed.has_small_order(point):
             found.append(y)
     return found
 
@@ -286,7 +287,7 @@ def test_noncanonical_key_of_a_valid_point_rejected() -> None:
 
 
 def test_key_off_the_curve_rejected() -> None:
-    off = next(y for y in range(2, 100) if signing._ed_decode(y.to_bytes(32, "little")) is None)
+    off = next(y for y in range(2, 100) if ed.decode(y.to_bytes(32, "little")) is None)
     assert _reason(signing.ed25519_check_public_key, off.to_bytes(32, "little")) == KEY_INVALID
 
 

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from zk import ed25519 as ed
+
 __all__ = [
     "CHAIN_ID_BYTES",
     "DOMAIN_PREFIX",
@@ -104,84 +106,7 @@ def _require_bytes(value: object, what: str) -> None:
         raise TypeError(f"{what} must be bytes")
 
 
-# --- Edwards25519 with exact integers (checks only; RFC 8032 §5.1) -------------------------------------
-
-_P = 2**255 - 19  # field prime
-_L = 2**252 + 27742317777372353535851937790883648493  # prime order of the base point
-_D = -121665 * pow(121666, -1, _P) % _P  # curve: -x^2 + y^2 = 1 + d x^2 y^2
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)  # a square root of -1 mod p
-
-_Point = tuple[int, int, int, int]  # extended coordinates (X, Y, Z, T): x = X/Z, y = Y/Z, x y = T/Z
-_IDENTITY: _Point = (0, 1, 1, 0)
-
-
-def _ed_decode(encoding: bytes) -> _Point | None:
-    """RFC 8032 §5.1.3 decoding, strict: None unless y < p, x exists, and not (x = 0 with sign bit 1)."""
-    if len(encoding) != 32:
-        return None
-    y = int.from_bytes(encoding, "little")
-    sign = y >> 255
-    y &= (1 << 255) - 1
-    if y >= _P:  # non-canonical: y + p fits in 255 bits for y < 19
-        return None
-    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P  # x^2 = u / v
-    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P  # candidate root
-    if v * x * x % _P == (-u) % _P:
-        x = x * _SQRT_M1 % _P
-    if v * x * x % _P != u:  # u / v is not a square: no point with this y
-        return None
-    if x == 0 and sign:  # "negative zero": a second encoding of (0, 1) and (0, -1)
-        return None
-    if x & 1 != sign:
-        x = _P - x
-    return (x, y, 1, x * y % _P)
-
-
-def _ed_encode(point: _Point) -> bytes:
-    """RFC 8032 §5.1.2: y little-endian with the low bit of x in bit 255."""
-    X, Y, Z, _ = point
-    z_inv = pow(Z, -1, _P)
-    x, y = X * z_inv % _P, Y * z_inv % _P
-    return (y | (x & 1) << 255).to_bytes(32, "little")
-
-
-def _ed_add(P: _Point, Q: _Point) -> _Point:
-    """RFC 8032 §5.1.4 addition (complete for a = -1 and non-square d, so it also doubles)."""
-    A = (P[1] - P[0]) * (Q[1] - Q[0]) % _P
-    B = (P[1] + P[0]) * (Q[1] + Q[0]) % _P
-    C = 2 * P[3] * Q[3] * _D % _P
-    D = 2 * P[2] * Q[2] % _P
-    E, F, G, H = B - A, D - C, D + C, B + A
-    return (E * F % _P, G * H % _P, F * G % _P, E * H % _P)
-
-
-def _ed_double(P: _Point) -> _Point:
-    """RFC 8032 §5.1.4 doubling: A = X^2, B = Y^2, C = 2 Z^2, H = A + B, E = H - (X + Y)^2, G = A - B."""
-    A, B, C = P[0] * P[0] % _P, P[1] * P[1] % _P, 2 * P[2] * P[2] % _P
-    H = A + B
-    E, G = H - (P[0] + P[1]) ** 2, A - B
-    F = C + G
-    return (E * F % _P, G * H % _P, F * G % _P, E * H % _P)
-
-
-def _ed_is_identity(P: _Point) -> bool:
-    """(X : Y : Z) = (0 : 1 : 1), i.e. X = 0 and Y = Z."""
-    return P[0] % _P == 0 and (P[1] - P[2]) % _P == 0
-
-
-def _ed_has_small_order(P: _Point) -> bool:
-    """[8]P = identity: P is one of the 8 torsion points (the cofactor is 8)."""
-    return _ed_is_identity(_ed_double(_ed_double(_ed_double(P))))
-
-
-def _ed_scalar_mult(k: int, P: _Point) -> _Point:
-    """[k]P by double-and-add, most significant bit first (variable time; module self-check only)."""
-    Q = _IDENTITY
-    for bit in bin(k)[2:]:
-        Q = _ed_double(Q)
-        if bit == "1":
-            Q = _ed_add(Q, P)
-    return Q
+# --- Edwards25519 arithmetic lives in zk.ed25519 ------------------------------------------------------
 
 
 def _check_constant(condition: bool, what: str) -> None:
@@ -189,20 +114,6 @@ def _check_constant(condition: bool, what: str) -> None:
     if not condition:
         raise RuntimeError(f"escrow.core.signing self-check failed: {what}")
 
-
-def _ed_self_check() -> _Point:
-    """Check the constants when the module loads; return the base point B (y = 4/5, x even)."""
-    _check_constant(_SQRT_M1 * _SQRT_M1 % _P == _P - 1, "sqrt(-1)")
-    _check_constant(pow(_D, (_P - 1) // 2, _P) == _P - 1, "d is a non-square (complete addition law)")
-    base = _ed_decode((4 * pow(5, -1, _P) % _P).to_bytes(32, "little"))
-    if base is None or _ed_is_identity(base):
-        raise RuntimeError("escrow.core.signing self-check failed: base point")
-    _check_constant(_ed_is_identity(_ed_scalar_mult(_L, base)), "[L]B = identity")
-    _check_constant(_ed_encode(_ed_double(base)) == _ed_encode(_ed_add(base, base)), "double = add")
-    return base
-
-
-_ED_BASE = _ed_self_check()
 
 # --- Ed25519 recipes -----------------------------------------------------------------------------------
 
@@ -232,10 +143,10 @@ def ed25519_check_public_key(public_key: bytes) -> None:
     """Raise KEY_INVALID unless ``public_key`` is the canonical encoding of a point of large order."""
     if not isinstance(public_key, bytes) or len(public_key) != ED25519_KEY_BYTES:
         raise SignatureError(KEY_INVALID, f"an Ed25519 public key is {ED25519_KEY_BYTES} bytes")
-    point = _ed_decode(public_key)
+    point = ed.decode(public_key)
     if point is None:
         raise SignatureError(KEY_INVALID, "not the canonical encoding of a curve point")
-    if _ed_has_small_order(point):
+    if ed.has_small_order(point):
         raise SignatureError(KEY_INVALID, "small-order public key")
 
 
@@ -245,12 +156,12 @@ def ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> None:
     ed25519_check_public_key(public_key)
     if not isinstance(signature, bytes) or len(signature) != ED25519_SIGNATURE_BYTES:
         raise SignatureError(SIGNATURE_MALFORMED, f"an Ed25519 signature is {ED25519_SIGNATURE_BYTES} bytes")
-    if int.from_bytes(signature[32:], "little") >= _L:
+    if int.from_bytes(signature[32:], "little") >= ed.ORDER_L:
         raise SignatureError(SIGNATURE_MALFORMED, "S is not reduced mod L")
-    r_point = _ed_decode(signature[:32])
+    r_point = ed.decode(signature[:32])
     if r_point is None:
         raise SignatureError(SIGNATURE_MALFORMED, "R is not the canonical encoding of a curve point")
-    if _ed_has_small_order(r_point):
+    if ed.has_small_order(r_point):
         raise SignatureError(SIGNATURE_MALFORMED, "R has small order")
     try:  # cofactorless [S]B = R + [k]A, R compared by encoding (RFC 8032 §5.1.7, as OpenSSL and libsodium)
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
