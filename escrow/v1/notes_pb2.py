@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from escrow.v1 import common_pb2 as escrow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65scrow/v1/notes.proto\x12\tescrow.v1\x1a\x16\x65scrow/v1/common.proto\"d\n\x0bMintRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tmint_body\x18\x02 \x01(\x0c\x12\x18\n\x10issuer_signature\x18\x03 \x01(\x0c\x12\x14\n\x0c\x61mount_proof\x18\x04 \x01(\x0c\"C\n\x0cMintResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\x12\x0f\n\x07note_id\x18\x02 \x01(\x0c\"h\n\rRedeemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bredeem_body\x18\x02 \x01(\x0c\x12\x18\n\x10owner_signatures\x18\x03 \x03(\x0c\x12\x14\n\x0c\x61mount_proof\x18\x04 \x01(\x0c\"4\n\x0eRedeemResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\">\n\x14ListEnvelopesRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x11\n\tmax_notes\x18\x02 \x01(\r\"h\n\x0cNoteEnvelope\x12\x0f\n\x07note_id\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x12\n\ncommitment\x18\x03 \x01(\x0c\x12\x11\n\towner_key\x18\x04 \x01(\x0c\x12\x10\n\x08\x65nvelope\x18\x05 \x01(\x0c\"T\n\x15ListEnvelopesResponse\x12&\n\x05notes\x18\x01 \x03(\x0b\x32\x17.escrow.v1.NoteEnvelope\x12\x13\n\x0bnext_height\x18\x02 \x01(\x04\x32\xd3\x01\n\x05Notes\x12\x37\n\x04Mint\x12\x16.escrow.v1.MintRequest\x1a\x17.escrow.v1.MintResponse\x12=\n\x06Redeem\x12\x18.escrow.v1.RedeemRequest\x1a\x19.escrow.v1.RedeemResponse\x12R\n\rListEnvelopes\x12\x1f.escrow.v1.ListEnvelopesRequest\x1a .escrow.v1.ListEnvelopesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65scrow/v1/notes.proto\x12\tescrow.v1\x1a\x16\x65scrow/v1/common.proto\"v\n\x0bMintRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tmint_body\x18\x02 \x01(\x0c\x12\x18\n\x10issuer_signature\x18\x03 \x01(\x0c\x12\x14\n\x0c\x61mount_proof\x18\x04 \x01(\x0c\x12\x10\n\x08\x65nvelope\x18\x05 \x01(\x0c\"C\n\x0cMintResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\x12\x0f\n\x07note_id\x18\x02 \x01(\x0c\"h\n\rRedeemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bredeem_body\x18\x02 \x01(\x0c\x12\x18\n\x10owner_signatures\x18\x03 \x03(\x0c\x12\x14\n\x0c\x61mount_proof\x18\x04 \x01(\x0c\"4\n\x0eRedeemResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\">\n\x14ListEnvelopesRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x11\n\tmax_notes\x18\x02 \x01(\r\"h\n\x0cNoteEnvelope\x12\x0f\n\x07note_id\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x12\n\ncommitment\x18\x03 \x01(\x0c\x12\x11\n\towner_key\x18\x04 \x01(\x0c\x12\x10\n\x08\x65nvelope\x18\x05 \x01(\x0c\"T\n\x15ListEnvelopesResponse\x12&\n\x05notes\x18\x01 \x03(\x0b\x32\x17.escrow.v1.NoteEnvelope\x12\x13\n\x0bnext_height\x18\x02 \x01(\x04\x32\xd3\x01\n\x05Notes\x12\x37\n\x04Mint\x12\x16.escrow.v1.MintRequest\x1a\x17.escrow.v1.MintResponse\x12=\n\x06Redeem\x12\x18.escrow.v1.RedeemRequest\x1a\x19.escrow.v1.RedeemResponse\x12R\n\rListEnvelopes\x12\x1f.escrow.v1.ListEnvelopesRequest\x1a .escrow.v1.ListEnvelopesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'escrow.v1.notes_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MINTREQUEST']._serialized_start=60
-  _globals['_MINTREQUEST']._serialized_end=160
-  _globals['_MINTRESPONSE']._serialized_start=162
-  _globals['_MINTRESPONSE']._serialized_end=229
-  _globals['_REDEEMREQUEST']._serialized_start=231
-  _globals['_REDEEMREQUEST']._serialized_end=335
-  _globals['_REDEEMRESPONSE']._serialized_start=337
-  _globals['_REDEEMRESPONSE']._serialized_end=389
-  _globals['_LISTENVELOPESREQUEST']._serialized_start=391
-  _globals['_LISTENVELOPESREQUEST']._serialized_end=453
-  _globals['_NOTEENVELOPE']._serialized_start=455
-  _globals['_NOTEENVELOPE']._serialized_end=559
-  _globals['_LISTENVELOPESRESPONSE']._serialized_start=561
-  _globals['_LISTENVELOPESRESPONSE']._serialized_end=645
-  _globals['_NOTES']._serialized_start=648
-  _globals['_NOTES']._serialized_end=859
+  _globals['_MINTREQUEST']._serialized_end=178
+  _globals['_MINTRESPONSE']._serialized_start=180
+  _globals['_MINTRESPONSE']._serialized_end=247
+  _globals['_REDEEMREQUEST']._serialized_start=249
+  _globals['_REDEEMREQUEST']._serialized_end=353
+  _globals['_REDEEMRESPONSE']._serialized_start=355
+  _globals['_REDEEMRESPONSE']._serialized_end=407
+  _globals['_LISTENVELOPESREQUEST']._serialized_start=409
+  _globals['_LISTENVELOPESREQUEST']._serialized_end=471
+  _globals['_NOTEENVELOPE']._serialized_start=473
+  _globals['_NOTEENVELOPE']._serialized_end=577
+  _globals['_LISTENVELOPESRESPONSE']._serialized_start=579
+  _globals['_LISTENVELOPESRESPONSE']._serialized_end=663
+  _globals['_NOTES']._serialized_start=666
+  _globals['_NOTES']._serialized_end=877
 # @@protoc_insertion_point(module_scope)

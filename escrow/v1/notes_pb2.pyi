@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MintRequest(_message.Message):
-    __slots__ = ("request_id", "mint_body", "issuer_signature", "amount_proof")
+    __slots__ = ("request_id", "mint_body", "issuer_signature", "amount_proof", "envelope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MINT_BODY_FIELD_NUMBER: _ClassVar[int]
     ISSUER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_PROOF_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     mint_body: bytes
     issuer_signature: bytes
     amount_proof: bytes
-    def __init__(self, request_id: _Optional[str] = ..., mint_body: _Optional[bytes] = ..., issuer_signature: _Optional[bytes] = ..., amount_proof: _Optional[bytes] = ...) -> None: ...
+    envelope: bytes
+    def __init__(self, request_id: _Optional[str] = ..., mint_body: _Optional[bytes] = ..., issuer_signature: _Optional[bytes] = ..., amount_proof: _Optional[bytes] = ..., envelope: _Optional[bytes] = ...) -> None: ...
 
 class MintResponse(_message.Message):
     __slots__ = ("entry", "note_id")
