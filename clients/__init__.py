@@ -1,0 +1,1 @@
+"""Client libraries and command-line tools: vehicle, pole, issuer, auditor."""
