@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from enclave.errors import EnclaveError, PlatformError, RollbackError
+from enclave.errors import PlatformError
 
 NV_DIR_ENV = "ESCROW_NV_DIR"
 FORMAT_TAG = "escrow.v1/nv-counter/v1"
@@ -137,15 +137,3 @@ class MonotonicCounter:
             except OSError as exc:
                 raise PlatformError(f"cannot write the monotonic counter {self.path}: {exc}") from exc
             return value + 1
-
-
-def check_not_rolled_back(sealed_value: int, counter: MonotonicCounter) -> None:
-    """RollbackError if state sealed with counter value sealed_value is older than the platform counter."""
-    if type(sealed_value) is not int or not 0 <= sealed_value <= MAX_VALUE:
-        raise EnclaveError(f"sealed counter value {sealed_value!r} is not a u64")
-    current = counter.read()
-    if sealed_value < current:
-        raise RollbackError(
-            f"sealed state carries counter value {sealed_value} but the platform counter is at {current}: "
-            "the data directory was rolled back"
-        )

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enclave import counter as counter_module
-from enclave.counter import MonotonicCounter, check_not_rolled_back
+from enclave.counter import MonotonicCounter
 from enclave.errors import EnclaveError, PlatformError, RollbackError, SealingError
 from enclave.trusted import sealing
+from enclave.trusted.runtime import check_not_rolled_back
 from enclave.trusted.sealing import EnclaveIdentity, KeyPolicy, Slot, seal, unseal
 from tests.strategies import ShakeRng
 

@@ -26,7 +26,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
-from enclave.errors import BoundaryError, RollbackError
+from enclave.errors import BoundaryError, EnclaveError, RollbackError
 from enclave.quote import ATTR_DEBUG, ATTR_INIT, ATTR_MODE64BIT, ReportBody, report_mac
 from enclave.trusted.keybundle import KeyBundle, KeyBundleError, report_data, split_length_prefixed
 from enclave.trusted.sealing import EnclaveIdentity, KeyPolicy, Slot, seal, unseal
@@ -43,6 +43,22 @@ class Counter(Protocol):
     def read(self) -> int: ...
 
     def increment(self) -> int: ...
+
+
+MAX_COUNTER = 2**64 - 1
+
+
+def check_not_rolled_back(sealed_value: int, counter: Counter) -> None:
+    """RollbackError if state sealed with counter value ``sealed_value`` is older than the platform
+    counter; state ahead of it (a crash between storing the blob and the increment) is accepted."""
+    if type(sealed_value) is not int or not 0 <= sealed_value <= MAX_COUNTER:
+        raise EnclaveError(f"sealed counter value {sealed_value!r} is not a u64")
+    current = counter.read()
+    if sealed_value < current:
+        raise RollbackError(
+            f"sealed state carries counter value {sealed_value} but the platform counter is at {current}: "
+            "the data directory was rolled back"
+        )
 
 
 @dataclass(frozen=True)
@@ -154,11 +170,7 @@ class TrustedEnclave:
             )
         if sealed:
             state = _State.from_bytes(unseal(self._cpu.sealing_root, self._cpu.identity, sealed, STATE_SLOT))
-            if state.counter < counter:
-                raise RollbackError(
-                    f"sealed state is at counter {state.counter}, the platform counter at {counter}: "
-                    "the data directory was rolled back"
-                )
+            check_not_rolled_back(state.counter, self._cpu.counter)
         else:
             state = _State(
                 counter=0,
