@@ -15,7 +15,6 @@ from pathlib import Path
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
-PRIVATE_DIR_MODE = 0o700
 
 
 def fsync_dir(path: Path) -> None:

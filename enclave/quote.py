@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from enclave.errors import QuoteFormatError
 
@@ -184,10 +184,6 @@ class Quote:
         """The whole quote."""
         sig = self.signature_data()
         return self.signed_bytes() + struct.pack("<I", len(sig)) + sig
-
-    def with_report(self, report: ReportBody) -> Quote:
-        """A copy with another ISV report body (for building and for tampering tests)."""
-        return replace(self, report=report, raw=b"")
 
 
 def parse_quote(data: bytes) -> Quote:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from escrow.core.ocmf_parse import (
+    END_TX_VALUES,
     MAX_DECIMAL_ADJUSTED,
     MAX_NUMBER_CHARS,
     MAX_RECORD_BYTES,
@@ -54,6 +55,7 @@ __all__ = [
     "ALGORITHMS",
     "CURVES",
     "DEFAULT_ALGORITHM",
+    "END_TX_VALUES",
     "MAX_DECIMAL_ADJUSTED",
     "MAX_NUMBER_CHARS",
     "MAX_RECORD_BYTES",

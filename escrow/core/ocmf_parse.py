@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from escrow.core.errors import CoreError
+
 # Reason codes (stable; clients and the gRPC error mapping depend on them).
 OCMF_TOO_LARGE = "OCMF_TOO_LARGE"
 OCMF_FORMAT = "OCMF_FORMAT"
@@ -46,7 +48,7 @@ MAX_JSON_DEPTH = 8  # nesting of objects and arrays; real records use 4
 MAX_TT_CHARS = 250  # OCMF Table 4: tariff text
 
 TX_VALUES = frozenset("BCXELRAPST")  # OCMF Table 7
-END_TX_VALUES = frozenset("ELRAP")
+END_TX_VALUES = ("E", "L", "R", "A", "P")  # end, local stop, remote stop, abort, power failure
 ST_VALUES = frozenset("NGTDRMXIOSEF")  # OCMF Table 10
 EF_CHARACTERS = frozenset("Et")  # OCMF Table 7: E = energy, t = time
 TIME_STATUS_VALUES = frozenset("UISR")  # OCMF Table 19
@@ -69,13 +71,8 @@ _EXACT = decimal.Context(
 )
 
 
-class OcmfError(ValueError):
+class OcmfError(CoreError):
     """An OCMF record, key or value that is refused; ``reason`` is a stable code such as OCMF_FORMAT."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from escrow.core import ocmf
+from escrow.core.errors import CoreError
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -87,7 +88,7 @@ MAX_RECORDS_PER_SESSION = 10_000
 MAX_KEY_DER_BYTES = 512  # a brainpoolP384r1 SubjectPublicKeyInfo is 124 bytes
 MAX_RI_CHARS = 64
 BILLING_UNITS = ("kWh", "Wh")
-END_TYPES = frozenset("ELRAP")  # OCMF Table 7: E end, L local, R remote, A abort, P power failure
+END_TYPES = ocmf.END_TX_VALUES  # OCMF Table 7: the end-type readings
 TIMED_STATUSES = frozenset("SR")  # OCMF Table 19: synchronised, relative (legal-metrology duration)
 
 _SESSION_DOMAIN = b"escrow.v1/session"
@@ -102,13 +103,11 @@ _EXACT = decimal.Context(prec=64, traps=[decimal.Inexact, decimal.Rounded, decim
 _MAX_STATE_BYTES = 4 + len(_STATE_TAG) + 1024 + MAX_RECORDS_PER_SESSION * (8 + 32 + 1 + 1 + _MAX_DECIMAL_TEXT)
 
 
-class ReadingRejected(ValueError):  # noqa: N818 (the name the session layer uses)
+class ReadingRejected(CoreError):  # noqa: N818 (the name the session layer uses)
     """A record this session refuses; ``reason`` is a READING_* code and the state is unchanged."""
 
     def __init__(self, reason: str, detail: str, *, ocmf_reason: str | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.ocmf_reason = ocmf_reason  # the OcmfError reason behind READING_MALFORMED / _SIGNATURE_INVALID
 
 

@@ -24,6 +24,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from enclave.fsutil import fsync_dir
+from escrow.core.errors import CoreError
 from escrow.core.ledger import MAX_PAYLOAD_BYTES, Entry, Head, Header, LedgerError
 from escrow.core.notes import note_id as make_note_id
 from escrow.core.signing import P256_SIGNATURE_BYTES
@@ -75,7 +77,7 @@ CREATE TABLE sessions (
 _TABLES = ("entries", "notes", "mint_references", "idempotency", "sealed", "sessions")
 
 
-class StoreError(ValueError):
+class StoreError(CoreError):
     """A refused store operation; ``reason`` is stable (the table in docs/storage.md says when each happens).
 
     Refusals: ARGUMENT_INVALID, TOO_LARGE, ENTRY_MALFORMED, ENTRY_HEIGHT, ENTRY_OUT_OF_PLACE,
@@ -85,10 +87,6 @@ class StoreError(ValueError):
     IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_RECORDED. Misuse: TRANSACTION_NESTED, TRANSACTION_CLOSED,
     TRANSACTION_ABORTED, STORE_CLOSED. The database: STORE_UNREADABLE, SCHEMA_UNKNOWN,
     SCHEMA_VERSION_UNSUPPORTED, STORE_BUSY, STORE_FAILED."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -178,11 +176,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Reads:
+class _Reads(ABC):
     """The reads, shared by the store (which takes the lock) and a transaction (which holds it)."""
 
+    @abstractmethod
     def _db(self) -> sqlite3.Connection:
-        raise NotImplementedError
+        """The connection to read through (the subclass decides how it is guarded)."""
 
     def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._db().execute(sql, params).fetchone()
