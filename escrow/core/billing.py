@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from escrow.core.errors import CoreError
 from escrow.core.tariff import PRICE_DENOMINATOR, Tariff
 
 __all__ = [
@@ -46,13 +47,13 @@ BILLING_RESOLUTION_INVALID = "BILLING_RESOLUTION_INVALID"  # resolution not a po
 BILLING_UNIT_INVALID = "BILLING_UNIT_INVALID"  # unit not "kWh"/"Wh", or not the tariff's RU
 
 
-class BillingError(ValueError):
+class BillingError(CoreError):
     """An amount, energy or register value that billing refuses; ``reason`` is one of the codes above."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
+        if not detail:
+            self.args = (reason,)
 
 
 # --- bounds ---------------------------------------------------------------------------------------------

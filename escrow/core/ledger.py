@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from escrow.core.encoding import U64, BodyError, Fixed, Text, decode, encode
+from escrow.core.errors import CoreError
 from escrow.core.signing import SignatureError, p256_sign, p256_verify, signed_message
 
 KINDS = ("GENESIS", "KEY", "POLE", "MINT", "OPEN", "SETTLE", "REDEEM")
@@ -39,13 +40,14 @@ HEADER_SCHEMA = (
 )
 
 
-class LedgerError(ValueError):
+class LedgerError(CoreError):
     """An entry or a chain that does not hold; ``reason`` is stable, ``height`` names the entry."""
 
     def __init__(self, reason: str, detail: str, height: int | None = None) -> None:
-        where = "" if height is None else f" (entry {height})"
-        super().__init__(f"{reason}{where}: {detail}")
-        self.reason, self.detail, self.height = reason, detail, height
+        super().__init__(reason, detail)
+        if height is not None:
+            self.args = (f"{reason} (entry {height}): {detail}",)
+        self.height = height
 
 
 @dataclass(frozen=True)

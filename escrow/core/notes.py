@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from escrow.core.encoding import U64, BodyError, Bytes, Fixed, Text, decode, encode
+from escrow.core.errors import CoreError
 from escrow.core.signing import (
     SignatureError,
     ed25519_check_public_key,
@@ -45,14 +46,10 @@ MINT_SCHEMA = (
 )
 
 
-class MintError(ValueError):
+class MintError(CoreError):
     """A MINT request that must be refused; ``reason`` is stable (MINT_MALFORMED, MINT_ISSUER_UNKNOWN,
     MINT_EXPIRED, MINT_CURRENCY_MISMATCH, MINT_ENVELOPE_MISMATCH, MINT_SIGNATURE_INVALID,
     MINT_PROOF_INVALID)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 def note_id(entry_hash: bytes, output_index: int) -> bytes:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from escrow.core import ocmf
 from escrow.core.encoding import U64, BodyError, Bytes, Fixed, Text, decode, encode
+from escrow.core.errors import CoreError
 from escrow.core.ocmf import OcmfError
 from escrow.core.signing import (
     CHAIN_ID_BYTES,
@@ -74,14 +75,10 @@ _CHALLENGE_SCHEMA = (
 _MAX_BODY_BYTES = 1024
 
 
-class RegistryError(ValueError):
+class RegistryError(CoreError):
     """A POLE registration that must be refused; ``reason`` is stable (POLE_MALFORMED, POLE_EXPIRED,
     POLE_KEY_INVALID, POLE_INSECURE_CURVE, POLE_SIGNATURE_INVALID, POLE_POP_MISMATCH, POLE_POP_INVALID,
     POLE_METER_IN_USE, POLE_EVSE_IN_USE)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from escrow.core.encoding import BodyError, Bytes, Fixed, ListOf, Text, encode
+from escrow.core.errors import CoreError
 from zk import bn254, pedersen, rangeproof, schnorr
 from zk.errors import EncodingError, ProofError
 
@@ -23,13 +24,9 @@ AMOUNT_BITS = 64
 MAX_INPUTS = 16
 
 
-class SettlementError(ValueError):
+class SettlementError(CoreError):
     """An unbalanced or unproved OPEN or SETTLE; ``reason`` is stable: BALANCE_MALFORMED,
     BALANCE_UNBALANCED, BALANCE_RANGE_PROOF_INVALID, BALANCE_EXCESS_PROOF_INVALID."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 _CONTEXT_SCHEMA = (

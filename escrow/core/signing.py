@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from escrow.core.errors import CoreError
 from zk import ed25519 as ed
 
 __all__ = [
@@ -57,13 +58,8 @@ KEY_INVALID = "KEY_INVALID"  # wrong length, non-canonical, off the curve, small
 SIGNATURE_MALFORMED = "SIGNATURE_MALFORMED"  # wrong length, scalar out of range, non-canonical R, high s
 
 
-class SignatureError(ValueError):
+class SignatureError(CoreError):
     """A key or signature was refused; ``reason`` is SIGNATURE_INVALID, KEY_INVALID or SIGNATURE_MALFORMED."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # --- domain-tagged messages (DESIGN §6.3) ---------------------------------------------------------------

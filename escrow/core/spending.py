@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from escrow.core.encoding import U64, BodyError, Bytes, Fixed, ListOf, Text, decode, encode
+from escrow.core.errors import CoreError
 from escrow.core.settlement import (
     AMOUNT_BITS,
     MAX_INPUTS,
@@ -86,15 +87,11 @@ _BALANCE_REASONS = {
 }
 
 
-class SpendError(ValueError):
+class SpendError(CoreError):
     """An OPEN or REDEEM that must be refused; ``reason`` is stable (SPEND_MALFORMED, SPEND_EXPIRED,
     SPEND_DEADLINE_INVALID, SPEND_WRONG_ENCLAVE_KEY, SPEND_CURRENCY_MISMATCH, SPEND_ENVELOPE_MISMATCH,
     SPEND_NOTE_NOT_FOUND, SPEND_DEPOSIT_AS_INPUT, SPEND_NOTE_SPENT, SPEND_SIGNATURE_INVALID,
     SPEND_UNBALANCED, SPEND_PROOF_INVALID)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from escrow.core.encoding import U64, BodyError, Text, decode, encode
+from escrow.core.errors import CoreError
 from escrow.core.signing import SignatureError, ed25519_sign, ed25519_verify, signed_message
 
 __all__ = [
@@ -65,13 +66,8 @@ TARIFF_SUPERSEDED = "TARIFF_SUPERSEDED"  # sequence <= the latest accepted for t
 TARIFF_MISMATCH = "TARIFF_MISMATCH"  # another pole/EVSE/register/unit/currency, or another tariff hash
 
 
-class TariffError(ValueError):
+class TariffError(CoreError):
     """A tariff was refused; ``reason`` is one of the TARIFF_* codes above, ``detail`` says why."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # --- the body -------------------------------------------------------------------------------------------
