@@ -283,6 +283,13 @@ class SimulatedMeter:
         self._handle = None
         return record
 
+    def proof_of_possession(self, challenge: str) -> str:
+        """A signed record whose ID is a registry's challenge (DESIGN §7.3): proves the pole holds this
+        meter. It is a C record outside any transaction; it takes a pagination number like any other."""
+        if self._handle is not None:
+            raise MeterError("a transaction is open: end it before signing a registration record")
+        return self._sign("C", _check_text(challenge, "challenge"))
+
     def _open_handle(self) -> str:
         if self._handle is None:
             raise MeterError("no transaction is open: begin one first")

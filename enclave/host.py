@@ -30,7 +30,7 @@ from enclave.measurement import (
 )
 from enclave.platform import Platform
 from enclave.quote import ReportBody
-from enclave.trusted.runtime import CpuServices, TrustedEnclave
+from enclave.trusted.runtime import APP_PREFIX, Application, CpuServices, TrustedEnclave
 from enclave.trusted.sealing import EnclaveIdentity
 
 STATE_FILE = "enclave-state.sealed"
@@ -48,7 +48,12 @@ class QuoteBundle:
 
 
 def launch(
-    platform: Platform, config: EnclaveConfig, *, source_root: Path | None = None, nv_dir: Path | None = None
+    platform: Platform,
+    config: EnclaveConfig,
+    *,
+    source_root: Path | None = None,
+    nv_dir: Path | None = None,
+    application: Application | None = None,
 ) -> tuple[EnclaveIdentity, TrustedEnclave]:
     """Emulated EINIT: measure, check the signer's SIGSTRUCT, build the enclave with its CPU services."""
     measured = mrenclave(config, source_root)
@@ -71,7 +76,7 @@ def launch(
         report_key=platform.report_key(),
         counter=counter,
     )
-    return identity, TrustedEnclave(cpu)
+    return identity, TrustedEnclave(cpu, application)
 
 
 def counter_id(root_secret: bytes) -> str:
@@ -105,6 +110,7 @@ class EnclaveHost:
         *,
         source_root: Path | None = None,
         nv_dir: Path | None = None,
+        application: Application | None = None,
     ) -> EnclaveHost:
         """Lock the data directory, open or create the platform, launch the enclave, and open (or
         create) its sealed state. Raises PlatformError if another host holds the directory, and
@@ -116,7 +122,9 @@ class EnclaveHost:
         try:
             platform = Platform.open(data_dir)
             config = config or EnclaveConfig()
-            identity, enclave = launch(platform, config, source_root=source_root, nv_dir=nv_dir)
+            identity, enclave = launch(
+                platform, config, source_root=source_root, nv_dir=nv_dir, application=application
+            )
             host = cls(data_dir, platform, identity, enclave, lock_fd)
             state_path = data_dir / STATE_FILE
             sealed = state_path.read_bytes() if state_path.exists() else b""
@@ -139,6 +147,15 @@ class EnclaveHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def app_ecall(self, name: str, payload: bytes) -> bytes:
+        """Call the application loaded in the enclave (``application`` at start): ``app.<name>``."""
+        return self._ecall(APP_PREFIX + name, payload)
+
+    def quote_report(self, report_and_mac: bytes) -> bytes:
+        """Have the platform's quoting enclave quote a report the enclave produced (body || MAC)."""
+        report, mac = ReportBody.from_bytes(report_and_mac[:384]), report_and_mac[384:]
+        return self.platform.quote(report, mac)
 
     def key_bundle(self) -> bytes:
         """The canonical public-key bundle the quotes commit to."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,11 +123,83 @@ class _State:
         )
 
 
-class TrustedEnclave:
-    """The trusted runtime. The host reaches it only through :meth:`ecall` (names -> bytes)."""
+Ecalls = Mapping[str, Callable[[bytes], bytes]]
 
-    def __init__(self, cpu: CpuServices) -> None:
+
+class EnclaveServices:
+    """What the runtime offers the application running inside the enclave (the escrow core): its keys,
+    sealing, reports, and the ledger head the key bundle reports. Never handed to the host."""
+
+    def __init__(self, enclave: TrustedEnclave) -> None:
+        self._enclave = enclave
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        return self._enclave._cpu.identity
+
+    @property
+    def ledger_key(self) -> ec.EllipticCurvePrivateKey:
+        """The ledger signing key (P-256); it signs entries, ACKs and receipts."""
+        return self._enclave._require_state().ledger_key
+
+    def ledger_public_key(self) -> bytes:
+        return self._enclave._bundle().ledger_key
+
+    def encryption_public_key(self) -> bytes:
+        return self._enclave._bundle().encryption_key
+
+    def encryption_private_key(self) -> bytes:
+        """The raw X25519 key envelopes to the enclave are sealed to."""
+        return self._enclave._require_state().encryption_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    def instance_id(self) -> bytes:
+        return self._enclave._require_state().instance_id
+
+    def key_bundle(self) -> bytes:
+        return self._enclave._bundle().to_bytes()
+
+    def report(self, nonce: bytes) -> bytes:
+        """EREPORT over the current key bundle and ``nonce`` (body || MAC), as the report ecall."""
+        return self._enclave._make_report(nonce)
+
+    def set_head(self, chain_id: bytes, height: int, entry_hash: bytes) -> None:
+        """Record the ledger head the key bundle (and so every later quote) reports."""
+        if len(chain_id) != 32 or len(entry_hash) != 32 or not 0 <= height < 1 << 64:
+            raise BoundaryError("a head is a 32-byte chain id, a u64 height and a 32-byte hash")
+        state = self._enclave._require_state()
+        state.chain_id, state.head_height, state.head_hash = chain_id, height, entry_hash
+
+    def seal(self, kind: str, object_id: bytes, version: int, data: bytes) -> bytes:
+        """Seal application data (MRSIGNER policy) to the slot (kind, object id, version)."""
+        cpu = self._enclave._cpu
+        slot = Slot(kind=kind, object_id=object_id, version=version)
+        return seal(cpu.sealing_root, cpu.identity, KeyPolicy.MRSIGNER, slot, data)
+
+    def unseal(self, kind: str, object_id: bytes, version: int, blob: bytes) -> bytes:
+        """Open a blob sealed to exactly this slot; SealingError otherwise."""
+        cpu = self._enclave._cpu
+        return unseal(
+            cpu.sealing_root, cpu.identity, blob, Slot(kind=kind, object_id=object_id, version=version)
+        )
+
+
+Application = Callable[[EnclaveServices], Ecalls]
+APP_PREFIX = "app."
+
+
+class TrustedEnclave:
+    """The trusted runtime. The host reaches it only through :meth:`ecall` (names -> bytes).
+
+    An application (the escrow core) may be loaded inside: after ``commit_start`` the runtime builds it
+    with :class:`EnclaveServices` and dispatches ecalls named ``app.<name>`` to it. Application ecalls
+    do not take the runtime's lock: the application serialises what it must itself."""
+
+    def __init__(self, cpu: CpuServices, application: Application | None = None) -> None:
         self._cpu = cpu
+        self._application = application
+        self._app_ecalls: Ecalls = {}
         self._state: _State | None = None
         self._pending_counter: int | None = None
         self._started = False
@@ -142,13 +214,21 @@ class TrustedEnclave:
 
     def ecall(self, name: str, payload: bytes) -> bytes:
         """The one entry point: copy and bound the input, dispatch, return bytes."""
-        if not isinstance(name, str) or name not in self._ecalls:
-            raise BoundaryError(f"unknown ecall {name!r}")
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise BoundaryError("ecall payloads are bytes")
         data = bytes(payload)  # copy: the host cannot change it under our feet
         if len(data) > MAX_ECALL_BYTES:
             raise BoundaryError("ecall payload too large")
+        if isinstance(name, str) and name.startswith(APP_PREFIX):
+            handler = self._app_ecalls.get(name[len(APP_PREFIX) :])
+            if handler is None:
+                raise BoundaryError(f"unknown ecall {name!r}")
+            result = handler(data)
+            if not isinstance(result, bytes):
+                raise BoundaryError("application ecalls return bytes")
+            return result
+        if not isinstance(name, str) or name not in self._ecalls:
+            raise BoundaryError(f"unknown ecall {name!r}")
         with self._lock:
             return self._ecalls[name](data)
 
@@ -193,6 +273,8 @@ class TrustedEnclave:
             self._cpu.counter.increment()
         self._pending_counter = None
         self._committed = True
+        if self._application is not None:
+            self._app_ecalls = dict(self._application(EnclaveServices(self)))
         return b""
 
     def _key_bundle(self, payload: bytes) -> bytes:
@@ -203,6 +285,9 @@ class TrustedEnclave:
     def _report(self, nonce: bytes) -> bytes:
         """EREPORT for the quoting enclave: the 384-byte body with REPORTDATA = SHA-256(key bundle) ||
         SHA-256(nonce), followed by its 32-byte MAC under the REPORT key."""
+        return self._make_report(nonce)
+
+    def _make_report(self, nonce: bytes) -> bytes:
         try:
             data = report_data(self._bundle().to_bytes(), nonce)
         except KeyBundleError as e:

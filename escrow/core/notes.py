@@ -30,8 +30,8 @@ from escrow.core.signing import (
     ed25519_verify,
     signed_message,
 )
-from zk import schnorr
-from zk.errors import ProofError
+from zk import bn254, envelope, pedersen, schnorr, stealth
+from zk.errors import EnvelopeError, ProofError
 
 MAX_ENVELOPE_BYTES = 1024
 MINT_SCHEMA = (
@@ -128,3 +128,56 @@ def verify_mint(
     except ProofError as e:
         raise MintError("MINT_PROOF_INVALID", str(e)) from None
     return mint
+
+
+# --- note envelopes and one-time keys (DESIGN §6.1, zk/notes/stealth.md) --------------------------------
+
+
+def note_context(chain_id: bytes, commitment: bytes) -> bytes:
+    """The context of a note's envelope and of its one-time key derivation:
+    envelope_context(chain_id, "note", commitment, 0). Public, so a wallet can scan for its notes."""
+    return envelope.envelope_context(chain_id, "note", commitment, 0)
+
+
+def seal_note(
+    chain_id: bytes, address: stealth.Address, commitment: bytes, value: int, blinding: int
+) -> tuple[bytes, bytes]:
+    """(one-time owner key, envelope) of a new note for ``address``: a fresh X25519 key e gives both the
+    owner key P (stealth) and the envelope of (value, blinding) sealed to the address's view key."""
+    ephemeral = envelope.generate_keypair()[0]
+    context = note_context(chain_id, commitment)
+    owner_key, _ = stealth.one_time_key(address, ephemeral, context)
+    sealed = envelope.seal_opening(address.view_public, value, blinding, context, ephemeral_private=ephemeral)
+    return owner_key, sealed
+
+
+@dataclass(frozen=True)
+class OpenedNote:
+    """A note this wallet owns: its secret owner scalar and its opening."""
+
+    secret_scalar: int
+    value: int
+    blinding: int
+
+    def __repr__(self) -> str:
+        return "OpenedNote(<secret>)"
+
+
+def open_note(
+    keys: stealth.WalletKeys, chain_id: bytes, commitment: bytes, owner_key: bytes, sealed: bytes
+) -> OpenedNote | None:
+    """The note's secrets if ``keys`` own it (the one-time key is theirs and the envelope opens to an
+    opening of the commitment), else None. Never raises on someone else's note."""
+    if len(sealed) < envelope.HEADER_BYTES:
+        return None
+    context = note_context(chain_id, commitment)
+    x = keys.recognise(owner_key, sealed[1 : envelope.HEADER_BYTES], context)
+    if x is None:
+        return None
+    try:
+        value, blinding = envelope.open_opening(keys.view_private, sealed, context)
+    except (EnvelopeError, ValueError):
+        return None
+    if bn254.point_to_bytes(pedersen.commit(value, blinding)) != commitment:
+        return None
+    return OpenedNote(x, value, blinding)

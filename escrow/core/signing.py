@@ -78,6 +78,7 @@ KINDS = (
     "redeem",
     "ledger-entry",
     "ledger-head",
+    "session-get",
 )
 
 

@@ -254,6 +254,26 @@ class _Reads(ABC):
         )
         return None if row is None else SealedRecord(*row)
 
+    def sealed_of_kind(
+        self, kind: str, after: bytes = b"", limit: int = 256
+    ) -> list[tuple[bytes, SealedRecord]]:
+        """(object_id, record) of every blob of ``kind`` with object_id > ``after``, in object_id order,
+        at most ``limit``: how the host pages through its sealed state at start."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT object_id, version, blob FROM sealed WHERE kind = ? AND object_id > ?"
+                " ORDER BY object_id LIMIT ?",
+                (
+                    _name("kind", kind),
+                    _blob("after", after, max_len=MAX_OBJECT_ID_BYTES),
+                    _limit(limit, 4096),
+                ),
+            )
+            .fetchall()
+        )
+        return [(bytes(r[0]), SealedRecord(int(r[1]), bytes(r[2]))) for r in rows]
+
     def session(self, session_tag: bytes) -> SessionRecord | None:
         """The session with this tag, or None."""
         row = self._one(
@@ -572,6 +592,12 @@ class Store(_Reads):
     def notes_from(self, height: int, limit: int, output_index: int = 0) -> list[NoteRecord]:
         with self._lock:
             return super().notes_from(height, limit, output_index)
+
+    def sealed_of_kind(
+        self, kind: str, after: bytes = b"", limit: int = 256
+    ) -> list[tuple[bytes, SealedRecord]]:
+        with self._lock:
+            return super().sealed_of_kind(kind, after, limit)
 
 
 def _begin(conn: sqlite3.Connection) -> None:

@@ -24,18 +24,20 @@ SESSION_STATE_CLOSING: SessionState
 SESSION_STATE_SETTLED: SessionState
 
 class OpenRequest(_message.Message):
-    __slots__ = ("request_id", "open_body", "owner_signatures", "range_proof", "enclave_envelope")
+    __slots__ = ("request_id", "open_body", "owner_signatures", "range_proof", "enclave_envelope", "change_envelope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OPEN_BODY_FIELD_NUMBER: _ClassVar[int]
     OWNER_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     RANGE_PROOF_FIELD_NUMBER: _ClassVar[int]
     ENCLAVE_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     open_body: bytes
     owner_signatures: _containers.RepeatedScalarFieldContainer[bytes]
     range_proof: bytes
     enclave_envelope: bytes
-    def __init__(self, request_id: _Optional[str] = ..., open_body: _Optional[bytes] = ..., owner_signatures: _Optional[_Iterable[bytes]] = ..., range_proof: _Optional[bytes] = ..., enclave_envelope: _Optional[bytes] = ...) -> None: ...
+    change_envelope: bytes
+    def __init__(self, request_id: _Optional[str] = ..., open_body: _Optional[bytes] = ..., owner_signatures: _Optional[_Iterable[bytes]] = ..., range_proof: _Optional[bytes] = ..., enclave_envelope: _Optional[bytes] = ..., change_envelope: _Optional[bytes] = ...) -> None: ...
 
 class OpenResponse(_message.Message):
     __slots__ = ("entry", "session_tag")

@@ -1,0 +1,456 @@
+"""The gRPC servicers of escrow.v1: decode, call the enclave, encode; nothing else.
+
+Every servicer method takes the request's bytes fields as they came, hands them to the escrow engine
+through the node (``EscrowNode.call`` / ``mutate``), and turns the answer into the response message.
+Refusals become one status with a ``google.rpc.ErrorInfo`` carrying the stable reason (errors.py).
+Public reads (the ledger, note envelopes, the head) come straight from the store: they are public.
+
+Limits (DESIGN §10): the server refuses messages above ``MAX_MESSAGE_BYTES``, serves at most
+``MAX_CONCURRENT_STREAMS`` streams per connection, and refuses an expensive call whose remaining
+deadline is below ``MIN_DEADLINE_S`` (DEADLINE_TOO_SHORT) before doing any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from enclave.errors import EnclaveError
+from enclave.trusted.keybundle import KeyBundleError, check_nonce
+from escrow.core import engine as eng
+from escrow.core.encoding import BodyError, decode, encode
+from escrow.core.errors import CoreError
+from escrow.host.errors import DOMAIN, status_for
+from escrow.host.node import EscrowNode, HostError
+from escrow.host.store import MAX_PAGE_ENTRIES, MAX_PAGE_NOTES, StoreError
+from escrow.v1 import (
+    attestation_pb2,
+    attestation_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    common_pb2,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    notes_pb2,
+    notes_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+log = logging.getLogger("escrow.server")
+
+MAX_MESSAGE_BYTES = 4 << 20
+MAX_CONCURRENT_STREAMS = 64
+MAX_WORKERS = 32
+MIN_DEADLINE_S = 0.05
+MAX_READINGS_PER_STREAM = 100_000
+SERVICE_NAMES = tuple(
+    f"escrow.v1.{name}" for name in ("Attestation", "Registry", "Notes", "Charging", "Ledger")
+)
+T = TypeVar("T")
+
+_STATES = {
+    "OPENED": charging_pb2.SESSION_STATE_OPENED,
+    "ATTACHED": charging_pb2.SESSION_STATE_ATTACHED,
+    "CHARGING": charging_pb2.SESSION_STATE_CHARGING,
+    "CLOSING": charging_pb2.SESSION_STATE_CLOSING,
+    "SETTLED": charging_pb2.SESSION_STATE_SETTLED,
+}
+
+
+def abort(context: grpc.ServicerContext, reason: str, message: str) -> NoReturn:
+    """End the call with the reason's status and an ErrorInfo naming the reason."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = status_for(reason)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=f"{reason}: {message}", details=[detail]
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def _guard(method: Callable[..., T]) -> Callable[..., T]:
+    """Map every refusal to its status; unexpected errors become INTERNAL without details."""
+
+    def run(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return method(self, request, context)
+        except CoreError as e:
+            abort(context, e.reason, e.detail)
+        except BodyError as e:
+            abort(context, "REQUEST_MALFORMED", str(e))
+        except EnclaveError as e:
+            log.error("enclave error in %s: %s", method.__name__, type(e).__name__)
+            abort(context, "ENCLAVE_ERROR", "the enclave refused the call")
+        except Exception:
+            log.exception("internal error in %s", method.__name__)
+            abort(context, "INTERNAL", "internal error")
+
+    run.__name__ = method.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+def _check_deadline(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < MIN_DEADLINE_S:
+        raise HostError("DEADLINE_TOO_SHORT", f"less than {MIN_DEADLINE_S} s left; the call would not finish")
+
+
+def _entry_ref(data: bytes) -> common_pb2.EntryRef:
+    v = decode(eng.ENTRY_REF, data)
+    return common_pb2.EntryRef(height=v["height"], entry_hash=v["entry_hash"])
+
+
+def _signed_ack(data: bytes) -> charging_pb2.SignedAck:
+    v = decode(eng.SIGNED_ACK, data)
+    return charging_pb2.SignedAck(ack_body=v["ack_body"], enclave_signature=v["signature"])
+
+
+class Servicers(
+    attestation_pb2_grpc.AttestationServicer,
+    registry_pb2_grpc.RegistryServicer,
+    notes_pb2_grpc.NotesServicer,
+    charging_pb2_grpc.ChargingServicer,
+    ledger_pb2_grpc.LedgerServicer,
+):
+    """All five services over one node."""
+
+    def __init__(self, node: EscrowNode) -> None:
+        self.node = node
+
+    def _now(self) -> int:
+        return self.node.clock()
+
+    # --- Attestation ------------------------------------------------------------------------------
+
+    @_guard
+    def GetQuote(self, request: attestation_pb2.GetQuoteRequest, context: grpc.ServicerContext) -> Any:
+        try:
+            nonce = check_nonce(request.nonce)
+        except KeyBundleError as e:
+            raise HostError("NONCE_INVALID", str(e)) from None
+        host = self.node.host
+        if host is None:
+            raise HostError("ENCLAVE_NOT_READY", "the enclave is not running")
+        bundle = host.quote(nonce)
+        return attestation_pb2.GetQuoteResponse(
+            quote=bundle.quote,
+            collateral_json=bundle.collateral_json,
+            root_ca_der=bundle.root_ca_der,
+            key_bundle=bundle.key_bundle,
+        )
+
+    @_guard
+    def GetMeasurement(self, request: Any, context: grpc.ServicerContext) -> Any:
+        host = self.node.host
+        if host is None:
+            raise HostError("ENCLAVE_NOT_READY", "the enclave is not running")
+        i = host.identity
+        return attestation_pb2.GetMeasurementResponse(
+            mr_enclave=i.mr_enclave,
+            mr_signer=i.mr_signer,
+            isv_prod_id=i.isv_prod_id,
+            isv_svn=i.isv_svn,
+            debug=i.debug,
+        )
+
+    # --- Registry ---------------------------------------------------------------------------------
+
+    @_guard
+    def RegisterPole(self, request: registry_pb2.RegisterPoleRequest, context: grpc.ServicerContext) -> Any:
+        _check_deadline(context)
+        fields = {
+            "pole_body": request.pole_body,
+            "operator_signature": request.operator_signature,
+            "pop_record": request.meter_pop_record,
+        }
+        result = self.node.mutate(
+            "RegisterPole",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.REGISTER_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "register_pole",
+        )
+        return registry_pb2.RegisterPoleResponse(entry=_entry_ref(result))
+
+    @_guard
+    def PublishTariff(self, request: registry_pb2.PublishTariffRequest, context: grpc.ServicerContext) -> Any:
+        fields = {"tariff_body": request.tariff_body, "operator_signature": request.operator_signature}
+        result = self.node.mutate(
+            "PublishTariff",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.TARIFF_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "publish_tariff",
+        )
+        return registry_pb2.PublishTariffResponse(tariff_hash=result)
+
+    @_guard
+    def ListPoles(self, request: registry_pb2.ListPolesRequest, context: grpc.ServicerContext) -> Any:
+        limit = request.page_size or 100
+        answer = decode(
+            eng.POLES_RESULT,
+            self.node.call(
+                "list_poles", encode(eng.POLES_PAGE, {"after": request.page_token, "limit": min(limit, 1024)})
+            ),
+        )
+        poles = []
+        for raw in answer["poles"]:
+            p = decode(eng.POLE_LISTING, raw)
+            poles.append(
+                registry_pb2.Pole(
+                    pole_body=p["pole_body"],
+                    operator_signature=p["operator_signature"],
+                    entry=common_pb2.EntryRef(height=p["height"], entry_hash=p["entry_hash"]),
+                    tariff_body=p["tariff_body"],
+                    tariff_signature=p["tariff_signature"],
+                )
+            )
+        return registry_pb2.ListPolesResponse(poles=poles, next_page_token=answer["next"])
+
+    # --- Notes ------------------------------------------------------------------------------------
+
+    @_guard
+    def Mint(self, request: notes_pb2.MintRequest, context: grpc.ServicerContext) -> Any:
+        _check_deadline(context)
+        fields = {
+            "mint_body": request.mint_body,
+            "issuer_signature": request.issuer_signature,
+            "amount_proof": request.amount_proof,
+            "envelope": request.envelope,
+        }
+        result = self.node.mutate(
+            "Mint",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.MINT_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "mint",
+        )
+        v = decode(eng.MINT_RESULT, result)
+        return notes_pb2.MintResponse(
+            entry=common_pb2.EntryRef(height=v["height"], entry_hash=v["entry_hash"]), note_id=v["note_id"]
+        )
+
+    @_guard
+    def Redeem(self, request: notes_pb2.RedeemRequest, context: grpc.ServicerContext) -> Any:
+        _check_deadline(context)
+        fields = {
+            "redeem_body": request.redeem_body,
+            "owner_signatures": list(request.owner_signatures),
+            "amount_proof": request.amount_proof,
+        }
+        result = self.node.mutate(
+            "Redeem",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.REDEEM_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "redeem",
+        )
+        return notes_pb2.RedeemResponse(entry=_entry_ref(result))
+
+    @_guard
+    def ListEnvelopes(self, request: notes_pb2.ListEnvelopesRequest, context: grpc.ServicerContext) -> Any:
+        limit = min(request.max_notes or MAX_PAGE_NOTES, MAX_PAGE_NOTES)
+        try:
+            notes = self.node.store.notes_from(request.from_height, limit + 1)
+        except StoreError as e:
+            raise HostError("REQUEST_MALFORMED", e.detail) from None
+        page = notes[:limit]
+        next_height = (
+            notes[limit].height
+            if len(notes) > limit
+            else (page[-1].height + 1 if page else request.from_height)
+        )
+        # a page never ends inside an entry: drop a trailing partial entry and continue there
+        if len(notes) > limit and page and page[-1].height == notes[limit].height:
+            cut = [n for n in page if n.height != notes[limit].height]
+            if cut:
+                page, next_height = cut, notes[limit].height
+        return notes_pb2.ListEnvelopesResponse(
+            notes=[
+                notes_pb2.NoteEnvelope(
+                    note_id=n.note_id,
+                    height=n.height,
+                    commitment=n.commitment,
+                    owner_key=n.owner_key,
+                    envelope=n.envelope,
+                )
+                for n in page
+            ],
+            next_height=next_height,
+        )
+
+    # --- Charging ---------------------------------------------------------------------------------
+
+    @_guard
+    def Open(self, request: charging_pb2.OpenRequest, context: grpc.ServicerContext) -> Any:
+        _check_deadline(context)
+        fields = {
+            "open_body": request.open_body,
+            "owner_signatures": list(request.owner_signatures),
+            "range_proof": request.range_proof,
+            "change_envelope": request.change_envelope,
+            "enclave_envelope": request.enclave_envelope,
+        }
+        result = self.node.mutate(
+            "Open",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.OPEN_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "open",
+        )
+        v = decode(eng.OPEN_RESULT, result)
+        return charging_pb2.OpenResponse(
+            entry=common_pb2.EntryRef(height=v["height"], entry_hash=v["entry_hash"]),
+            session_tag=v["session_tag"],
+        )
+
+    @_guard
+    def Attach(self, request: charging_pb2.AttachRequest, context: grpc.ServicerContext) -> Any:
+        fields = {"session_id": request.session_id, "attach_envelope": request.attach_envelope}
+        result = self.node.mutate(
+            "Attach",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.ATTACH_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "attach",
+        )
+        return charging_pb2.AttachResponse(ack=_signed_ack(result))
+
+    def StreamReadings(
+        self, requests: Iterator[charging_pb2.ReadingEnvelope], context: grpc.ServicerContext
+    ) -> Iterator[charging_pb2.SignedAck]:
+        """One signed ACK per reading envelope, in order; a refused reading ends the stream with its
+        status (state unchanged); the pole reopens the stream to go on."""
+        for count, request in enumerate(requests, start=1):
+            if count > MAX_READINGS_PER_STREAM:
+                abort(context, "READING_LIMIT", f"at most {MAX_READINGS_PER_STREAM} readings per stream")
+            try:
+                result = self.node.call(
+                    "reading",
+                    encode(
+                        eng.READING_CALL,
+                        {
+                            "now_ms": self._now(),
+                            "session_id": request.session_id,
+                            "sequence": request.sequence,
+                            "envelope": request.envelope,
+                        },
+                    ),
+                )
+            except CoreError as e:
+                abort(context, e.reason, e.detail)
+            except BodyError as e:
+                abort(context, "REQUEST_MALFORMED", str(e))
+            except Exception:
+                log.exception("internal error in StreamReadings")
+                abort(context, "INTERNAL", "internal error")
+            yield _signed_ack(result)
+
+    @_guard
+    def Stop(self, request: charging_pb2.StopRequest, context: grpc.ServicerContext) -> Any:
+        _check_deadline(context)
+        fields = {"stop_body": request.stop_body, "signature": request.signature}
+        result = self.node.mutate(
+            "Stop",
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(eng.STOP_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
+            "stop",
+        )
+        v = decode(eng.STATE_RESULT, result)
+        return charging_pb2.StopResponse(state=_STATES[v["state"]], receipt_envelope=v["receipt_envelope"])
+
+    @_guard
+    def GetSession(self, request: charging_pb2.GetSessionRequest, context: grpc.ServicerContext) -> Any:
+        result = self.node.call(
+            "get",
+            encode(
+                eng.GET_CALL,
+                {
+                    "now_ms": self._now(),
+                    "session_id": request.session_id,
+                    "get_body": request.request_body,
+                    "signature": request.signature,
+                },
+            ),
+        )
+        v = decode(eng.STATE_RESULT, result)
+        response = charging_pb2.GetSessionResponse(
+            state=_STATES[v["state"]], receipt_envelope=v["receipt_envelope"]
+        )
+        if v["last_ack"] is not None:
+            response.last_ack.CopyFrom(_signed_ack(v["last_ack"]))
+        return response
+
+    # --- Ledger -----------------------------------------------------------------------------------
+
+    def StreamEntries(
+        self, request: ledger_pb2.StreamEntriesRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.LedgerEntry]:
+        """Entries from ``from_height`` to the head (or ``max_entries``), paged from the store."""
+        height, left = request.from_height, request.max_entries or (1 << 32)
+        if height >= 1 << 63:
+            abort(context, "REQUEST_MALFORMED", "from_height out of range")
+        while left > 0 and context.is_active():
+            page = self.node.store.entries_from(height, min(left, MAX_PAGE_ENTRIES))
+            if not page:
+                return
+            for entry in page:
+                yield common_pb2.LedgerEntry(
+                    header=entry.header, payload=entry.payload, enclave_signature=entry.signature
+                )
+            height = page[-1].parsed.height + 1
+            left -= len(page)
+
+    @_guard
+    def GetHead(self, request: ledger_pb2.GetHeadRequest, context: grpc.ServicerContext) -> Any:
+        head = self.node.store.chain_head()
+        return ledger_pb2.GetHeadResponse(
+            chain_id=head.chain_id,
+            head=common_pb2.EntryRef(height=max(head.height, 0), entry_hash=head.entry_hash),
+        )
+
+
+def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
+    """A started gRPC server for ``node`` on ``address`` (port 0 picks a free port); returns it and the
+    port. Health (every escrow.v1 service SERVING) and reflection are on."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="escrow-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicers = Servicers(node)
+    attestation_pb2_grpc.add_AttestationServicer_to_server(servicers, server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(servicers, server)
+    notes_pb2_grpc.add_NotesServicer_to_server(servicers, server)
+    charging_pb2_grpc.add_ChargingServicer_to_server(servicers, server)
+    ledger_pb2_grpc.add_LedgerServicer_to_server(servicers, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    server.start()
+    return server, port
