@@ -244,18 +244,22 @@ def verify_open(
     owner_signatures: Sequence[bytes],
     range_proof: bytes,
     change_envelope: bytes,
-    enclave_envelope: bytes,
+    enclave_envelope: bytes | None,
     inputs: Mapping[bytes, InputNote],
     enclave_key_id: bytes,
     now_unix: int,
     max_deadline_ms: int,
 ) -> OpenBody:
     """Check an OPEN against the store's view of its inputs and this enclave's key id; the deadline
-    must lie in (now, now + max_deadline_ms] in unix ms. Returns the parsed body or raises SpendError."""
+    must lie in (now, now + max_deadline_ms] in unix ms. Returns the parsed body or raises SpendError.
+
+    ``enclave_envelope`` None skips its size and hash checks: an auditor replaying the ledger never sees
+    it (it goes only to the enclave)."""
     opened = OpenBody.from_bytes(body)
     _check_structure(opened.input_note_ids, owner_signatures)
     _check_blob(change_envelope, MAX_CHANGE_ENVELOPE_BYTES, "change envelope")
-    _check_blob(enclave_envelope, MAX_ENCLAVE_ENVELOPE_BYTES, "enclave envelope")
+    if enclave_envelope is not None:
+        _check_blob(enclave_envelope, MAX_ENCLAVE_ENVELOPE_BYTES, "enclave envelope")
     if not isinstance(range_proof, bytes) or len(range_proof) != OPEN_RANGE_PROOF_BYTES:
         raise SpendError("SPEND_MALFORMED", f"the range proof is {OPEN_RANGE_PROOF_BYTES} bytes")
     try:
@@ -271,7 +275,8 @@ def verify_open(
     if opened.enclave_key_id != enclave_key_id:
         raise SpendError("SPEND_WRONG_ENCLAVE_KEY", "the OPEN is for another enclave key")
     _check_hash(change_envelope, opened.change_envelope_hash, "change envelope")
-    _check_hash(enclave_envelope, opened.enclave_envelope_hash, "enclave envelope")
+    if enclave_envelope is not None:
+        _check_hash(enclave_envelope, opened.enclave_envelope_hash, "enclave envelope")
     _check_hash(range_proof, opened.range_proof_hash, "range proof")
     notes = _lookup(opened.input_note_ids, inputs)
     _check_owners(notes, open_message(chain_id, body), owner_signatures)
