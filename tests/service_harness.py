@@ -53,8 +53,12 @@ class Harness:
         return h
 
     def boot(self, tick_interval_s: float = 0.2) -> None:
-        genesis = GenesisConfig(issuer_keys=(self.issuer.public_key,), currency=CURRENCY, grace_ms=self.grace_ms)
-        self.node = EscrowNode.start(self.data_dir, genesis, nv_dir=self.nv_dir, tick_interval_s=tick_interval_s)
+        genesis = GenesisConfig(
+            issuer_keys=(self.issuer.public_key,), currency=CURRENCY, grace_ms=self.grace_ms
+        )
+        self.node = EscrowNode.start(
+            self.data_dir, genesis, nv_dir=self.nv_dir, tick_interval_s=tick_interval_s
+        )
         self.server, self.port = create_server(self.node, "127.0.0.1:0")
         self.conn = Connection(f"127.0.0.1:{self.port}")
         self.attested = self.conn.attest(self.policy())
@@ -98,9 +102,18 @@ class Harness:
     def new_pole(self, *, price: int = PRICE_NUMERATOR, fee: int = SESSION_FEE, RU: str = "kWh") -> Pole:
         n = len(self.poles) + 1
         meter = SimulatedMeter.generate(RU=RU)
-        pole = Pole(os.urandom(32), meter, f"POLE-{n}-{os.urandom(3).hex()}", f"DE*ESC*E{n:04d}{os.urandom(2).hex()}", os.urandom(32))
+        pole = Pole(
+            os.urandom(32),
+            meter,
+            f"POLE-{n}-{os.urandom(3).hex()}",
+            f"DE*ESC*E{n:04d}{os.urandom(2).hex()}",
+            os.urandom(32),
+        )
         call(self.c.registry.RegisterPole, pole.register_request(self.a.chain_id))
-        call(self.c.registry.PublishTariff, pole.tariff_request(self.a.chain_id, CURRENCY, price, fee, sequence=1))
+        call(
+            self.c.registry.PublishTariff,
+            pole.tariff_request(self.a.chain_id, CURRENCY, price, fee, sequence=1),
+        )
         self.poles.append(pole)
         return pole
 
@@ -114,6 +127,7 @@ class Harness:
         deadline = int((time.time() + deadline_s) * 1000)
         request, session = wallet.open_request(self.a, prepared, pole.pole_id, pole.tariff_body, deadline)
         call(self.c.charging.Open, request)
+        wallet.scan(self.c, self.a)  # the inputs are spent, the change note is new
         return session
 
     def attach(self, pole: Pole, session: Session) -> CheckedAck:
@@ -126,7 +140,9 @@ class Harness:
         acks = self.c.charging.StreamReadings(iter(envelopes), timeout=60)
         return [check_ack(self.a, session_id, ack).body for ack in acks]
 
-    def charge(self, pole: Pole, session: Session, steps: list[Decimal], *, end: bool = True) -> list[AckBody]:
+    def charge(
+        self, pole: Pole, session: Session, steps: list[Decimal], *, end: bool = True
+    ) -> list[AckBody]:
         """B, one C per step (after advancing the meter), then E: all in one stream."""
         records = [pole.meter.begin(session.session_id)]
         for step in steps:
