@@ -9,6 +9,9 @@ as ``app.<name>``); it reaches the host only through two ocalls given at constru
                   ENCLAVE_HALTED) and the host must restart, which replays the store as after a crash.
   quote(bytes)    have the platform's quoting enclave quote a report (body || MAC); returns
                   [quote, collateral_json] (QUOTE_SCHEMA). Used for GENESIS and KEY only.
+  fetch(bytes)    read one stored record [kind, object_id] (DELETE_WIRE): RECORD_WIRE bytes, or b"" if
+                  there is none. Settled sessions' receipts are read this way when asked for, so memory
+                  holds only live sessions; what comes back is unsealed and checked like anything else.
 
 State in memory is rebuilt at every start from the store (``load_entries`` replays and checks the chain
 under the enclave's own key; ``load_records`` opens the sealed records) and then only changes after a
@@ -91,6 +94,9 @@ Ecalls = dict[str, Callable[[bytes], bytes]]
 GENERATOR_COUNT = 128  # 64-bit values, two per aggregated proof
 MAX_RECORDS_PER_SESSION = 1_000  # the limit a session's readings are held to (DESIGN §10)
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
+MAX_LIVE_SESSIONS = 10_000  # open sessions in all (each is held in enclave memory)
+MAX_LIVE_SESSIONS_PER_POLE = 16  # open sessions per pole: a pole charges one car per EVSE at a time
+SETTLED_CACHE = 256  # settled sessions' receipts kept in memory after being read
 STATES = ("OPENED", "ATTACHED", "CHARGING", "CLOSING", "SETTLED")
 REGISTER_RESOLUTION = {"kWh": Decimal("0.001"), "Wh": Decimal(1)}  # the coverage limit's step: 1 Wh
 
@@ -179,7 +185,7 @@ TICK_RESULT = (("settled", U64), ("next_due_ms", U64))
 # --- sealed records ------------------------------------------------------------------------------------
 
 SESSION_KIND, RECORD_KIND, SETTLED_KIND, TARIFF_KIND = "session", "record", "settled", "tariff"
-RECORD_LOAD_ORDER = (TARIFF_KIND, SESSION_KIND, RECORD_KIND, SETTLED_KIND)  # the host loads in this order
+RECORD_LOAD_ORDER = (TARIFF_KIND, SESSION_KIND, RECORD_KIND)  # loaded at start, in this order
 LIVE_SCHEMA = (
     ("session_id", Fixed(16)),
     ("state", Text(16)),
@@ -336,6 +342,7 @@ class EscrowEngine:
         services: Any,
         persist: Callable[[bytes], None],
         quote: Callable[[bytes], bytes],
+        fetch: Callable[[bytes], bytes],
         *,
         work: Callable[..., Any] = direct_work,
         host_time_ms: Callable[[], int] | None = None,
@@ -343,6 +350,8 @@ class EscrowEngine:
         self._svc = services
         self._persist_ocall = persist
         self._quote_ocall = quote
+        self._fetch_ocall = fetch
+        self._settled_cache: dict[bytes, _Settled] = {}
         self._work = work
         self._lock = threading.RLock()
         self._halted: str | None = None
@@ -357,7 +366,6 @@ class EscrowEngine:
         self._open_tags: dict[bytes, bytes] = {}  # session tag -> OPEN entry hash, unsettled
         self._settled_tags: set[bytes] = set()
         self._live: dict[bytes, _Live] = {}  # by session id
-        self._settled: dict[bytes, _Settled] = {}  # by session id
         self._clock = MonotoneClock()
         self._own_key = services.ledger_public_key()
         self._enc_priv = services.encryption_private_key()
@@ -517,11 +525,6 @@ class EscrowEngine:
             if index != len(session.records):
                 raise EngineError("STORE_INVALID", "reading records out of order")
             session.records.append(data)
-        elif kind == SETTLED_KIND:
-            s = decode(SETTLED_SCHEMA, data)
-            if session_tag(s["session_id"]) not in self._settled_tags:
-                raise EngineError("STORE_INVALID", "a receipt record without its SETTLE")
-            self._settled[s["session_id"]] = _Settled(**s)
         else:
             raise EngineError("STORE_INVALID", f"unknown record kind {kind!r}")
 
@@ -869,6 +872,7 @@ class EscrowEngine:
             self._check_tag_free(body.session_tag)
             self._recheck_unspent(body.input_note_ids)
             pole, _tariff = self._session_pole(secret, now)
+            self._check_session_limits(secret.pole_id)
             entry = self._entry(
                 "OPEN",
                 E.encode_payload(
@@ -926,6 +930,12 @@ class EscrowEngine:
             self._append([entry], [self._sealed_live(live)], [], v["idempotency"], response)
             self._live[live.session_id] = live
             return response
+
+    def _check_session_limits(self, pole_id: str) -> None:
+        if len(self._live) >= MAX_LIVE_SESSIONS:
+            raise EngineError("SESSIONS_LIMIT", f"{MAX_LIVE_SESSIONS} sessions are open; try again later")
+        if sum(1 for s in self._live.values() if s.pole_id == pole_id) >= MAX_LIVE_SESSIONS_PER_POLE:
+            raise EngineError("SESSIONS_LIMIT", f"the pole has {MAX_LIVE_SESSIONS_PER_POLE} open sessions")
 
     def _check_tag_free(self, tag: bytes) -> None:
         if tag in self._open_tags or tag in self._settled_tags:
@@ -985,7 +995,7 @@ class EscrowEngine:
         with self._lock:
             live = self._live.get(session_id)
             if live is None:
-                if session_id in self._settled:
+                if session_tag(session_id) in self._settled_tags:
                     raise EngineError("SESSION_SETTLED", "the session is settled")
                 raise EngineError("SESSION_NOT_FOUND", "no such session")
             return live
@@ -1060,8 +1070,7 @@ class EscrowEngine:
     def _reading(self, payload: bytes) -> bytes:
         v = _dec(READING_CALL, payload, "Reading")
         now = self._now(v["now_ms"])
-        with self._lock:
-            settled = self._settled.get(v["session_id"])
+        settled = self._settled_record(v["session_id"])
         if settled is not None:
             return self._settled_reading(settled, v)
         live = self._session(v["session_id"])
@@ -1149,6 +1158,33 @@ class EscrowEngine:
                 return settled.last_ack
         raise EngineError("SESSION_SETTLED", "the session is settled")
 
+    def _settled_record(self, session_id: bytes) -> _Settled | None:
+        """A settled session's receipts, read back from the store (sealed) when asked for."""
+        if len(session_id) != 16:
+            return None
+        tag = session_tag(session_id)
+        with self._lock:
+            if tag not in self._settled_tags:
+                return None
+            cached = self._settled_cache.get(session_id)
+        if cached is not None:
+            return cached
+        raw = self._fetch_ocall(encode(DELETE_WIRE, {"kind": SETTLED_KIND, "object_id": tag}))
+        if not raw:
+            raise EngineError("STORE_INVALID", "a settled session's receipts are missing")
+        r = _dec(RECORD_WIRE, raw, "record")
+        if (r["kind"], r["object_id"]) != (SETTLED_KIND, tag):
+            raise EngineError("STORE_INVALID", "the host returned another record")
+        s = decode(SETTLED_SCHEMA, self._svc.unseal(SETTLED_KIND, tag, r["version"], r["blob"]))
+        if s["session_id"] != session_id:
+            raise EngineError("STORE_INVALID", "the receipts name another session")
+        settled = _Settled(**s)
+        with self._lock:
+            if len(self._settled_cache) >= SETTLED_CACHE:
+                self._settled_cache.pop(next(iter(self._settled_cache)))
+            self._settled_cache[session_id] = settled
+        return settled
+
     def _limit_kwh(self, live: _Live) -> Decimal | None:
         if not live.coverage_limit:
             return None
@@ -1195,8 +1231,8 @@ class EscrowEngine:
             raise SessionError("SESSION_MALFORMED", "the GET names another session")
         if now // 1000 > get.expiry:
             raise SessionError("SESSION_EXPIRED", "the GET expired")
+        settled = self._settled_record(get.session_id)
         with self._lock:
-            settled = self._settled.get(get.session_id)
             live = self._live.get(get.session_id)
         if settled is not None:
             key = settled.session_key if get.party == "vehicle" else settled.operator_key
@@ -1356,7 +1392,7 @@ class EscrowEngine:
                 ]
                 self._append([entry], [settled_put], deletes, idempotency, response)
                 self._live.pop(live.session_id, None)
-                self._settled[live.session_id] = settled
+                self._settled_cache[live.session_id] = settled
             old.state = "SETTLED"
             return response
         finally:

@@ -92,7 +92,7 @@ class EscrowNode:
         node = cls(data_dir=data_dir, store=store, clock=clock, tick_interval_s=tick_interval_s)
 
         def application(services: EnclaveServices) -> eng.Ecalls:
-            return eng.EscrowEngine(services, node._persist, node._quote, work=work).ecalls()
+            return eng.EscrowEngine(services, node._persist, node._quote, node._fetch, work=work).ecalls()
 
         try:
             node.host = EnclaveHost.start(data_dir, config, nv_dir=nv_dir, application=application)
@@ -237,6 +237,17 @@ class EscrowNode:
         except BaseException as e:
             self.halted = f"persist failed: {type(e).__name__}"
             raise
+
+    def _fetch(self, key: bytes) -> bytes:
+        """One stored record, as the engine asks for it (it unseals and checks it)."""
+        k = decode(eng.DELETE_WIRE, key)
+        record = self.store.sealed(k["kind"], k["object_id"])
+        if record is None:
+            return b""
+        return encode(
+            eng.RECORD_WIRE,
+            {"kind": k["kind"], "object_id": k["object_id"], "version": record.version, "blob": record.blob},
+        )
 
     def _quote(self, report: bytes) -> bytes:
         assert self.host is not None
