@@ -262,22 +262,18 @@ class Servicers(
 
     @_guard
     def ListEnvelopes(self, request: notes_pb2.ListEnvelopesRequest, context: grpc.ServicerContext) -> Any:
-        limit = min(request.max_notes or MAX_PAGE_NOTES, MAX_PAGE_NOTES)
+        # A page never ends inside an entry (an entry has at most two outputs), so next_height is exact.
+        limit = max(2, min(request.max_notes or MAX_PAGE_NOTES, MAX_PAGE_NOTES))
         try:
             notes = self.node.store.notes_from(request.from_height, limit + 1)
         except StoreError as e:
             raise HostError("REQUEST_MALFORMED", e.detail) from None
-        page = notes[:limit]
-        next_height = (
-            notes[limit].height
-            if len(notes) > limit
-            else (page[-1].height + 1 if page else request.from_height)
-        )
-        # a page never ends inside an entry: drop a trailing partial entry and continue there
-        if len(notes) > limit and page and page[-1].height == notes[limit].height:
-            cut = [n for n in page if n.height != notes[limit].height]
-            if cut:
-                page, next_height = cut, notes[limit].height
+        if len(notes) <= limit:
+            page = notes
+            next_height = page[-1].height + 1 if page else request.from_height
+        else:
+            next_height = notes[limit].height  # the first entry not (wholly) in this page
+            page = [n for n in notes[:limit] if n.height != next_height]
         return notes_pb2.ListEnvelopesResponse(
             notes=[
                 notes_pb2.NoteEnvelope(
