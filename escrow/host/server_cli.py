@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from enclave import fsutil
-from enclave.errors import EnclaveError, PlatformError, RollbackError
+from enclave.errors import EnclaveError, PlatformError, RollbackError, SealingError
 from enclave.host import LOCK_FILE, EnclaveHost
 from enclave.measurement import EnclaveConfig
 from enclave.trusted.keybundle import check_nonce
@@ -188,8 +188,8 @@ def issuer_keys_from(args: argparse.Namespace) -> tuple[bytes, ...]:
 def genesis_from(args: argparse.Namespace) -> GenesisConfig | None:
     """The GenesisConfig the flags describe, or None when no issuer key was given."""
     keys = issuer_keys_from(args)
-    if args.grace_s is not None and args.grace_s < 0:
-        raise CliError("--grace-s is a whole number of seconds >= 0", EXIT_USAGE)
+    if args.grace_s is not None and not 0 <= args.grace_s <= 86400:
+        raise CliError("--grace-s is a whole number of seconds from 0 to 86400", EXIT_USAGE)
     if args.max_deadline_s is not None and args.max_deadline_s <= 0:
         raise CliError("--max-deadline-s is a whole number of seconds > 0", EXIT_USAGE)
     if args.decimals is not None and not 0 <= args.decimals <= 18:
@@ -227,16 +227,18 @@ def check_listen(listen: ListenAddress, text: str) -> None:
         raise CliError(f"cannot listen on {text}: the host {listen.host!r} does not resolve") from None
     if listen.port == 0:
         return
-    in_use = 0
+    failures: list[OSError] = []
     for family, kind, proto, _, address in infos:
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
                 probe.bind(address)
         except OSError as e:
-            in_use += e.errno == errno.EADDRINUSE
-    if infos and in_use == len(infos):
-        raise CliError(_in_use_message(text))
+            failures.append(e)
+    if infos and len(failures) == len(infos):
+        if any(e.errno == errno.EADDRINUSE for e in failures):
+            raise CliError(_in_use_message(text))
+        raise CliError(f"cannot listen on {text}: {failures[0].strerror}; pass another --listen")
 
 
 # --- serve: the data directory ----------------------------------------------------------------------
@@ -314,6 +316,11 @@ def start_node(args: argparse.Namespace, data_dir: Path) -> EscrowNode:
         if data_dir_in_use(data_dir):
             raise CliError(_locked_message(data_dir)) from None
         raise CliError(f"the emulated platform in {data_dir} cannot be used: {e}") from None
+    except SealingError as e:
+        raise CliError(
+            f"the sealed state in {data_dir} does not open for this enclave: {e}; start it as it was created "
+            "(with or without --debug-enclave) from a build at least as new"
+        ) from None
     except EnclaveError as e:
         raise CliError(f"the enclave refused to start on {data_dir}: {type(e).__name__}: {e}") from None
     except CoreError as e:
@@ -456,8 +463,8 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--grace-s",
         metavar="N",
         type=int,
-        help="whole seconds a session may go without readings after its deadline before it settles "
-        "(default 120)",
+        help="whole seconds a closing session (after a STOP or its deadline) waits for the meter's end "
+        "reading before it settles (default 120, at most 86400)",
     )
     g.add_argument(
         "--max-deadline-s",
