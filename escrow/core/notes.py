@@ -31,7 +31,7 @@ from escrow.core.signing import (
     signed_message,
 )
 from zk import bn254, envelope, pedersen, schnorr, stealth
-from zk.errors import EnvelopeError, ProofError
+from zk.errors import EncodingError, EnvelopeError, ProofError
 
 MAX_ENVELOPE_BYTES = 1024
 MINT_SCHEMA = (
@@ -109,6 +109,10 @@ def verify_mint(
         ed25519_check_public_key(mint.owner_key)
     except SignatureError as e:
         raise MintError("MINT_MALFORMED", f"owner key: {e.detail}") from None
+    try:
+        bn254.point_from_bytes(mint.commitment, allow_identity=False)
+    except EncodingError as e:
+        raise MintError("MINT_MALFORMED", f"commitment: {e}") from None
     issuer = issuer_keys.get(mint.issuer_key_id)
     if issuer is None or ed25519_key_id(issuer) != mint.issuer_key_id:
         raise MintError("MINT_ISSUER_UNKNOWN", "no issuer key with this id on this chain")

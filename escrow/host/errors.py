@@ -38,6 +38,8 @@ STATUS_BY_REASON: dict[str, grpc.StatusCode] = {
     "ENCLAVE_HALTED": _UNAVAILABLE,
     "ENCLAVE_NOT_READY": _UNAVAILABLE,
     "ENCLAVE_STARTED": _PRECONDITION,
+    "ENCLAVE_ERROR": _UNAVAILABLE,  # the enclave runtime failed (sealing, boundary): restart the server
+    "INTERNAL": grpc.StatusCode.INTERNAL,  # an unexpected error: logged on the server, no details sent
     "NONCE_INVALID": _INVALID,
     # MINT
     "MINT_MALFORMED": _INVALID,

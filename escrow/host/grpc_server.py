@@ -350,6 +350,9 @@ class Servicers(
                 abort(context, e.reason, e.detail)
             except BodyError as e:
                 abort(context, "REQUEST_MALFORMED", str(e))
+            except EnclaveError as e:
+                log.error("enclave error in StreamReadings: %s", type(e).__name__)
+                abort(context, "ENCLAVE_ERROR", "the enclave refused the call")
             except Exception:
                 log.exception("internal error in StreamReadings")
                 abort(context, "INTERNAL", "internal error")
@@ -422,7 +425,8 @@ class Servicers(
 
 def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
     """A started gRPC server for ``node`` on ``address`` (port 0 picks a free port); returns it and the
-    port. Health (every escrow.v1 service SERVING) and reflection are on."""
+    port. Health (every escrow.v1 service SERVING until the node halts) and reflection are on. Raises
+    OSError if the address cannot be bound."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="escrow-rpc"),
         options=[
@@ -442,11 +446,22 @@ def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def not_serving() -> None:  # a halted node refuses every call until restarted: say so
+        for name in ("", *SERVICE_NAMES):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    node.on_halt.append(not_serving)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpcio raises when it cannot bind
+        server.stop(None)
+        raise OSError(f"could not listen on {address}: {e}") from None
     if port == 0:
+        server.stop(None)
         raise OSError(f"could not listen on {address}")
     server.start()
     return server, port

@@ -73,6 +73,7 @@ class EscrowNode:
     _stop: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
     halted: str | None = None
+    on_halt: list[Callable[[], None]] = field(default_factory=list)  # e.g. health -> NOT_SERVING
 
     @classmethod
     def start(
@@ -236,6 +237,8 @@ class EscrowNode:
                     tx.record_idempotent(k["method"], k["request_id"], k["body_hash"], v["response"])
         except BaseException as e:
             self.halted = f"persist failed: {type(e).__name__}"
+            for hook in self.on_halt:
+                hook()
             raise
 
     def _fetch(self, key: bytes) -> bytes:
