@@ -36,6 +36,7 @@ from escrow.v1 import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0
+STREAM_PAGE = 4096  # entries per StreamEntries call
 MAX_MESSAGE_BYTES = 4 << 20
 T = TypeVar("T")
 
@@ -137,11 +138,27 @@ class Connection:
             raise AttestationError("KEY_BUNDLE_MISMATCH", "the enclave has no chain yet")
         return Attested(bundle=bundle, report=report, root_ca_der=policy.root_ca_der)
 
-    def entries(self, from_height: int = 0, max_entries: int = 0) -> Iterator[Entry]:
-        """The ledger's entries from a height, as the server streams them."""
-        request = ledger_pb2.StreamEntriesRequest(from_height=from_height, max_entries=max_entries)
-        try:
-            for e in self.ledger.StreamEntries(request, timeout=max(self.timeout_s, 300.0)):
-                yield Entry(e.header, e.payload, e.enclave_signature)
-        except grpc.RpcError as e:
-            raise error_from(e) from None
+    def entries(
+        self, from_height: int = 0, max_entries: int = 0, *, page: int = STREAM_PAGE
+    ) -> Iterator[Entry]:
+        """The ledger's entries from a height (all of them to the head when ``max_entries`` is 0), as the
+        server streams them: one StreamEntries call per ``page`` entries, each with its own deadline, so
+        a slow consumer (an audit) never runs one call out of time."""
+        if page < 1:
+            raise ValueError("page is at least 1")
+        height, left = from_height, max_entries or None
+        while left is None or left > 0:
+            want = page if left is None else min(page, left)
+            request = ledger_pb2.StreamEntriesRequest(from_height=height, max_entries=want)
+            count = 0
+            try:
+                for e in self.ledger.StreamEntries(request, timeout=max(self.timeout_s, 300.0)):
+                    count += 1
+                    yield Entry(e.header, e.payload, e.enclave_signature)
+            except grpc.RpcError as e:
+                raise error_from(e) from None
+            height += count
+            if left is not None:
+                left -= count
+            if count < want:
+                return

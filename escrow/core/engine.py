@@ -663,6 +663,8 @@ class EscrowEngine:
         )
         with self._lock:
             self._check_pole_free(pole)
+            if self._clock.now() // 1000 > pole.expiry:  # judged again at the entry's own time
+                raise RegistryError("POLE_EXPIRED", f"expired at {pole.expiry}")
             entry = self._entry(
                 "POLE",
                 E.encode_payload(
@@ -774,6 +776,8 @@ class EscrowEngine:
         with self._lock:
             if mint.mint_reference in self._mint_refs:
                 raise MintError("MINT_REFERENCE_USED", "this mint reference is on the ledger")
+            if self._clock.now() // 1000 > mint.expiry:  # judged again at the entry's own time
+                raise MintError("MINT_EXPIRED", f"expired at {mint.expiry}")
             entry = self._entry(
                 "MINT",
                 E.encode_payload(
@@ -828,6 +832,8 @@ class EscrowEngine:
         )
         with self._lock:
             self._recheck_unspent(body.input_note_ids)
+            if self._clock.now() // 1000 > body.expiry:  # judged again at the entry's own time
+                raise SpendError("SPEND_EXPIRED", f"expired at {body.expiry}")
             entry = self._entry(
                 "REDEEM",
                 E.encode_payload(
@@ -871,6 +877,11 @@ class EscrowEngine:
         with self._lock:
             self._check_tag_free(body.session_tag)
             self._recheck_unspent(body.input_note_ids)
+            entry_s = self._clock.now() // 1000  # the time rules, judged again at the entry's own time
+            if entry_s > body.expiry:
+                raise SpendError("SPEND_EXPIRED", f"expired at {body.expiry}")
+            if not entry_s * 1000 < body.deadline <= entry_s * 1000 + max_deadline:
+                raise SpendError("SPEND_DEADLINE_INVALID", "the deadline passed while the OPEN was checked")
             pole, _tariff = self._session_pole(secret, now)
             self._check_session_limits(secret.pole_id)
             entry = self._entry(
