@@ -547,6 +547,8 @@ BAD_ED25519_KEYS = {
     "small-order-identity": b"\x01" + bytes(31),
     "small-order-y-zero": bytes(32),  # y = 0: a point of order 4
 }
+
+
 @pytest.mark.parametrize("name", sorted(BAD_POINTS))
 def test_mint_commitment_that_is_no_valid_point_is_malformed(h: Harness, spender: Wallet, name: str) -> None:
     request = mint_request(h, spender.address, commitment=BAD_POINTS[name])
