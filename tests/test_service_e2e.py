@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_harness import PRICE_NUMERATOR, SESSION_FEE, Harness
 
 from clients.connection import Connection, EscrowError, call
+from clients.issuer import approve_redemptions
 from clients.wallet import Wallet
 from enclave.measurement import EnclaveConfig
 from enclave.verifier import Policy
@@ -193,7 +194,11 @@ def test_redeem_spends_exact_notes_once(h: Harness) -> None:
     assert car.balance() == 0
     entry = next(h.c.entries(answer.entry.height, 1))
     assert entry.parsed.kind == "REDEEM"
-    assert entries.decode_payload("REDEEM", entry.payload)
+    # The issuer approves it only on an audited ledger, and pays 375 against the reference once.
+    approved = approve_redemptions(h.c, h.policy(), from_height=answer.entry.height)
+    assert [(r.amount_minor, r.currency, r.reference) for r in approved] == [
+        (375, "EUR", b"bank-transfer-42")
+    ]
 
 
 def test_retried_open_is_applied_once(h: Harness) -> None:
