@@ -226,6 +226,23 @@ def test_begin_readings_end() -> None:
     assert session.last_synchronised_time == T0 + timedelta(minutes=20)
 
 
+def test_copy_is_independent_and_lookups_match_the_acceptances() -> None:
+    original = _begun()
+    before = original.to_bytes()
+    clone = original.copy()
+    record = _record(8, [_reading("C", "101.25", 5)])
+    accepted = clone.accept(record, now=NOW)
+    assert (
+        original.to_bytes() == before
+        and len(original) == 1
+        and original.index_of(accepted.record_sha256) is None
+    )
+    assert len(clone) == 2 and clone.index_of(accepted.record_sha256) == 1
+    assert clone.acceptance_at(1) == accepted
+    assert SessionReadings.from_bytes(clone.to_bytes()).to_bytes() == clone.to_bytes()
+    assert original.copy().to_bytes() == before
+
+
 def test_begin_and_end_in_one_record() -> None:
     session = _session()
     acceptance = session.accept(

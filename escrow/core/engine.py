@@ -25,11 +25,12 @@ can serve, so nothing in it depends on this interpreter's state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -225,6 +226,12 @@ _DECISION_CODES = {"ATTACHED": b"A", "CONTINUE": b"C", "STOP": b"S", "SETTLED": 
 _DECISION_NAMES = {v[0]: k for k, v in _DECISION_CODES.items()}
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_tariff(body: bytes) -> Tariff:
+    """Tariffs are immutable: parse each body once."""
+    return Tariff.from_bytes(body)
+
+
 class EngineError(CoreError):
     """A request the engine refuses; ``reason`` is stable (docs/errors.md maps each to a gRPC status)."""
 
@@ -312,7 +319,7 @@ class _Live:
 
     @property
     def tariff(self) -> Tariff:
-        return Tariff.from_bytes(self.tariff_body)
+        return _parse_tariff(self.tariff_body)
 
     def to_bytes(self) -> bytes:
         values = {name: getattr(self, name) for name, _ in LIVE_SCHEMA if name != "readings"}
@@ -1068,11 +1075,15 @@ class EscrowEngine:
             return ack
 
     def _copy(self, live: _Live) -> _Live:
-        """A copy to change; the original stays as it is until the change is persisted."""
-        new = self._live_from_bytes(live.to_bytes(), live.version + 1)
-        new.records = list(live.records)
-        new.lock = live.lock
-        return new
+        """A copy to change; the original stays as it is until the change is persisted. O(readings)
+        pointer copies, no re-encoding: the accepted entries themselves are immutable and shared."""
+        return replace(
+            live,
+            readings=live.readings.copy(),
+            records=list(live.records),
+            stop_sequences=list(live.stop_sequences),
+            version=live.version + 1,
+        )
 
     def _commit_live(self, old: _Live, new: _Live) -> None:
         """Make the persisted copy the session's state (one object per session, under its lock)."""
@@ -1097,10 +1108,9 @@ class EscrowEngine:
             except (EnvelopeError, ValueError, TypeError):
                 raise SessionError("READING_ENVELOPE_INVALID", "the reading envelope does not open") from None
             digest = hashlib.sha256(raw).digest()
-            hashes = live.readings.record_hashes
-            if digest in hashes:  # a repeated record: its original ACK
-                index = hashes.index(digest)
-                acceptance = live.readings.acceptances()[index]
+            index = live.readings.index_of(digest)
+            if index is not None:  # a repeated record: its original ACK
+                acceptance = live.readings.acceptance_at(index)
                 decision = _DECISION_NAMES[live.decisions[index]]
                 return self._sign_ack(live, acceptance.pg, digest, decision, index + 1)
             closing = (

@@ -311,6 +311,24 @@ class SessionReadings:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def index_of(self, record_sha256: bytes) -> int | None:
+        """The position (in PG order) of the accepted record with this SHA-256, or None."""
+        return self._by_hash.get(record_sha256)
+
+    def acceptance_at(self, index: int) -> Acceptance:
+        """The original Acceptance of the index-th accepted record."""
+        return self._acceptance(self._entries[index])
+
+    def copy(self) -> SessionReadings:
+        """An independent copy (sharing the immutable entries): change it, keep the original."""
+        clone = object.__new__(SessionReadings)
+        clone.__dict__.update(self.__dict__)
+        clone._cursor = replace(self._cursor)
+        clone._entries = list(self._entries)
+        clone._encoded = list(self._encoded)
+        clone._by_hash = dict(self._by_hash)
+        return clone
+
     # ---- accepting a record -------------------------------------------------------------------------------
 
     def accept(self, raw_record: bytes | str, *, now: datetime) -> Acceptance:
