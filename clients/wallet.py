@@ -30,11 +30,14 @@ from escrow.core.readings import session_tag
 from escrow.core.session import (
     GetBody,
     OpenSecret,
+    Progress,
     Receipt,
     StopBody,
     open_context,
+    progress_context,
     receipt_context,
     split_receipt_plaintext,
+    split_signed_pair,
 )
 from escrow.core.settlement import AMOUNT_BITS, MAX_INPUTS, proof_context
 from escrow.core.signing import ed25519_public_key, ed25519_sign, p256_verify, signed_message
@@ -294,6 +297,21 @@ class Wallet:
     def open_receipt(self, attested: Attested, session_id: bytes, sealed: bytes) -> VerifiedReceipt:
         """Open and verify the vehicle's receipt (enclave signature, session, party)."""
         return open_receipt(self.keys, attested, session_id, "vehicle", sealed)
+
+    def open_progress(self, attested: Attested, session_id: bytes, sealed: bytes) -> Progress:
+        """Open and verify the enclave-signed progress a GET answers the vehicle while charging."""
+        try:
+            plain = envelope.open_envelope(
+                self.keys.view_private, sealed, progress_context(attested.chain_id, session_id)
+            )
+        except Exception as e:
+            raise WalletError(f"the progress does not open: {e}") from None
+        body, signature = split_signed_pair(plain)
+        p256_verify(attested.ledger_key, signed_message("progress", attested.chain_id, body), signature)
+        progress = Progress.from_bytes(body)
+        if progress.session_id != session_id:
+            raise WalletError("the progress is for another session")
+        return progress
 
     # --- redemption ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from service_harness import PRICE_NUMERATOR, SESSION_FEE, Harness
 
 from clients.connection import Connection, EscrowError, call
 from clients.issuer import approve_redemptions
-from clients.wallet import Wallet
+from clients.wallet import Wallet, WalletError
 from enclave.measurement import EnclaveConfig
 from enclave.verifier import Policy
 from escrow.core import entries
@@ -121,6 +121,32 @@ def test_stop_by_vehicle_then_end_reading_settles(h: Harness) -> None:
     assert final[0].decision == "SETTLED"
     receipt = car.open_receipt(h.a, session.session_id, h.get(car, session).receipt_envelope).receipt
     assert (receipt.outcome, receipt.bill_minor) == ("ENDED", _bill("1.100"))
+
+
+def test_vehicle_follows_signed_progress_pole_gets_none(h: Harness) -> None:
+    pole = h.new_pole()
+    car = Wallet(os.urandom(32))
+    h.fund(car, 900)
+    session = h.open_session(car, pole, 900)
+    answer = h.get(car, session)
+    progress = car.open_progress(h.a, session.session_id, answer.progress_envelope)
+    assert (progress.state, progress.energy_kwh, progress.bill_minor, progress.remaining_minor) == (
+        "OPENED",
+        "0",
+        0,
+        900,
+    )
+    h.attach(pole, session)
+    acks = h.charge(pole, session, [Decimal("2.500")], end=False)
+    progress = car.open_progress(h.a, session.session_id, h.get(car, session).progress_envelope)
+    bill = _bill("2.500")
+    assert (progress.state, progress.energy_kwh, progress.bill_minor) == ("CHARGING", "2.500", bill)
+    assert (progress.remaining_minor, progress.readings, progress.last_pg) == (900 - bill, 2, acks[-1].pg)
+    assert progress.coverage_limit == acks[-1].coverage_limit
+    pole_view = call(h.c.charging.GetSession, pole.get_request(h.a, session.session_id))
+    assert pole_view.progress_envelope == b""  # the pole never learns the deposit
+    with pytest.raises(WalletError):  # sealed to the vehicle only
+        Wallet(os.urandom(32)).open_progress(h.a, session.session_id, answer.progress_envelope)
 
 
 def test_stop_before_any_reading_refunds_everything_at_once(h: Harness) -> None:

@@ -56,7 +56,7 @@ def test_signed_message_layout() -> None:
 
 
 def test_kind_registry() -> None:
-    assert len(set(KINDS)) == len(KINDS) == 12
+    assert len(set(KINDS)) == len(KINDS) == 13
     for kind in KINDS:
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", kind)
         assert signing.domain_tag(kind) == b"escrow.v1/" + kind.encode()

@@ -55,14 +55,17 @@ from escrow.core.session import (
     AttachBody,
     GetBody,
     OpenSecret,
+    Progress,
     Receipt,
     SessionError,
     StopBody,
     attach_context,
     open_context,
+    progress_context,
     reading_context,
     receipt_context,
     receipt_plaintext,
+    signed_pair,
     split_signed_pair,
 )
 from escrow.core.settlement import Split, proof_context, split_deposit
@@ -168,6 +171,7 @@ STATE_RESULT = (
     ("state", Text(16)),
     ("receipt_envelope", Bytes(1 << 20)),
     ("last_ack", Optional(Bytes(1024))),
+    ("progress_envelope", Bytes(4096)),
 )
 GET_CALL = (NOW, ("session_id", Bytes(16)), ("get_body", Bytes(512)), ("signature", Bytes(64)))
 POLES_PAGE = (("after", Text(64)), ("limit", U32))
@@ -1238,7 +1242,13 @@ class EscrowEngine:
             if new.state != "CLOSING":
                 new.state, new.closing_since_ms, new.closed_by = "CLOSING", now, stop.party
             response = encode(
-                STATE_RESULT, {"state": new.state, "receipt_envelope": b"", "last_ack": new.last_ack}
+                STATE_RESULT,
+                {
+                    "state": new.state,
+                    "receipt_envelope": b"",
+                    "last_ack": new.last_ack,
+                    "progress_envelope": b"",
+                },
             )
             self._persist([], [self._sealed_live(new)], [], v["idempotency"], response)
             self._commit_live(live, new)
@@ -1252,26 +1262,62 @@ class EscrowEngine:
             raise SessionError("SESSION_MALFORMED", "the GET names another session")
         if now // 1000 > get.expiry:
             raise SessionError("SESSION_EXPIRED", "the GET expired")
-        settled = self._settled_record(get.session_id)
         with self._lock:
             live = self._live.get(get.session_id)
-        if settled is not None:
-            key = settled.session_key if get.party == "vehicle" else settled.operator_key
-        elif live is not None:
-            key = live.session_key if get.party == "vehicle" else self._poles[live.pole_id].body.operator_key
-        else:
+        if live is not None:
+            with live.lock:  # a settlement in progress finishes first; then the session is settled
+                if not live.settling and live.state != "SETTLED":
+                    party_key = live.session_key if get.party == "vehicle" else self._operator_key(live)
+                    self._check_get_signature(party_key, get, v)
+                    progress = self._progress(live, now) if get.party == "vehicle" else b""
+                    return encode(
+                        STATE_RESULT,
+                        {
+                            "state": live.state,
+                            "receipt_envelope": b"",
+                            "last_ack": live.last_ack,
+                            "progress_envelope": progress,
+                        },
+                    )
+        settled = self._settled_record(get.session_id)
+        if settled is None:
             raise EngineError("SESSION_NOT_FOUND", "no such session")
+        self._check_get_signature(
+            settled.session_key if get.party == "vehicle" else settled.operator_key, get, v
+        )
+        receipt = settled.vehicle_receipt if get.party == "vehicle" else settled.pole_receipt
+        return encode(
+            STATE_RESULT,
+            {
+                "state": "SETTLED",
+                "receipt_envelope": receipt,
+                "last_ack": settled.last_ack,
+                "progress_envelope": b"",
+            },
+        )
+
+    def _operator_key(self, live: _Live) -> bytes:
+        return self._poles[live.pole_id].body.operator_key
+
+    def _check_get_signature(self, key: bytes, get: GetBody, v: dict[str, Any]) -> None:
         try:
             ed25519_verify(key, signed_message("session-get", self._chain_id, v["get_body"]), v["signature"])
         except SignatureError as e:
             raise SessionError("GET_SIGNATURE_INVALID", f"{get.party} signature: {e.reason}") from None
-        if settled is not None:
-            receipt = settled.vehicle_receipt if get.party == "vehicle" else settled.pole_receipt
-            return encode(
-                STATE_RESULT, {"state": "SETTLED", "receipt_envelope": receipt, "last_ack": settled.last_ack}
-            )
-        assert live is not None
-        return encode(STATE_RESULT, {"state": live.state, "receipt_envelope": b"", "last_ack": live.last_ack})
+
+    def _progress(self, live: _Live, now: int) -> bytes:
+        """The vehicle's signed progress, sealed to its refund address; session lock held."""
+        energy = live.readings.energy_kwh
+        bill = settle_amounts(live.deposit_amount, energy, live.tariff)[0] if live.readings.begun else 0
+        body = Progress(
+            live.session_id, live.state, str(energy), bill, live.deposit_amount, live.deposit_amount - bill,
+            len(live.readings), live.readings.last_pg or "", live.coverage_limit, now,
+        ).to_bytes()  # fmt: skip
+        signature = p256_sign(self._svc.ledger_key, signed_message("progress", self._chain_id, body))
+        view = stealth.Address.from_bytes(live.refund_address).view_public
+        return envelope.seal(
+            view, signed_pair(body, signature), progress_context(self._chain_id, live.session_id)
+        )
 
     # --- deadlines ----------------------------------------------------------------------------------
 
@@ -1400,7 +1446,12 @@ class EscrowEngine:
                 if party is not None:
                     response = encode(
                         STATE_RESULT,
-                        {"state": "SETTLED", "receipt_envelope": receipts[party], "last_ack": live.last_ack},
+                        {
+                            "state": "SETTLED",
+                            "receipt_envelope": receipts[party],
+                            "last_ack": live.last_ack,
+                            "progress_envelope": b"",
+                        },
                     )
                 settled_put = (
                     SETTLED_KIND,

@@ -18,6 +18,10 @@ message is ``signed_message(kind, chain_id, body)``; every envelope to or from t
   STOP           (vehicle session key or operator, "stop") session_id[16] | party text | sequence u64 |
                  last_pg text | time_ms u64
   GET            (vehicle session key or operator, "session-get") session_id[16] | party text | expiry u64
+  progress       (enclave, "progress", P-256) session_id[16] | state | energy_kwh text | bill_minor u64 |
+                 deposit_minor u64 | remaining_minor u64 | readings u64 | last_pg | coverage_limit | time_ms
+                 sealed as [body, signature[64]] to the vehicle's refund address view key, context
+                 (chain, "progress", session_id, 0); GET answers it to the vehicle while the session is live
   receipt        (enclave, "receipt", P-256) session_id[16] | party | outcome | bill_minor u64 |
                  note_amount_minor u64 | energy_kwh text | tariff_hash[32] | record_hashes list |
                  readings_salt[32] | settle_entry_hash[32] | note_id[32]
@@ -91,6 +95,18 @@ RECEIPT_SCHEMA = (
     ("readings_salt", Fixed(32)),
     ("settle_entry_hash", Fixed(32)),
     ("note_id", Fixed(32)),
+)
+PROGRESS_SCHEMA = (
+    ("session_id", Fixed(16)),
+    ("state", Text(16)),
+    ("energy_kwh", Text(64)),
+    ("bill_minor", U64),
+    ("deposit_minor", U64),
+    ("remaining_minor", U64),
+    ("readings", U64),
+    ("last_pg", Text(24)),
+    ("coverage_limit", Text(64)),
+    ("time_ms", U64),
 )
 RECEIPT_ENVELOPE_SCHEMA = (
     ("receipt", Bytes(MAX_RECORDS_PER_SESSION * 32 + 1024)),
@@ -232,6 +248,29 @@ class Receipt:
         return cls(**_decode(RECEIPT_SCHEMA, data, "receipt", "RECEIPT_MALFORMED"))
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A live session as the enclave sees it, for the vehicle only (the bill so far is capped at D)."""
+
+    session_id: bytes
+    state: str
+    energy_kwh: str
+    bill_minor: int
+    deposit_minor: int
+    remaining_minor: int
+    readings: int
+    last_pg: str
+    coverage_limit: str
+    time_ms: int
+
+    def to_bytes(self) -> bytes:
+        return _encode(PROGRESS_SCHEMA, dict(self.__dict__), "progress")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Progress:
+        return cls(**_decode(PROGRESS_SCHEMA, data, "progress", "PROGRESS_MALFORMED", 1024))
+
+
 def signed_pair(body: bytes, signature: bytes) -> bytes:
     """[body, signature]: what an ATTACH envelope carries."""
     return _encode(SIGNED_SCHEMA, {"body": body, "signature": signature}, "signed body")
@@ -263,6 +302,10 @@ def attach_context(chain_id: bytes, session_id: bytes) -> bytes:
 
 def reading_context(chain_id: bytes, session_id: bytes, sequence: int) -> bytes:
     return envelope_context(chain_id, "reading", session_id, sequence)
+
+
+def progress_context(chain_id: bytes, session_id: bytes) -> bytes:
+    return envelope_context(chain_id, "progress", session_id, 0)
 
 
 def receipt_context(chain_id: bytes, session_id: bytes, party: str) -> bytes:

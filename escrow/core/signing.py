@@ -79,6 +79,7 @@ KINDS = (
     "ledger-entry",
     "ledger-head",
     "session-get",
+    "progress",
 )
 
 

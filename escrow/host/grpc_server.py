@@ -388,7 +388,9 @@ class Servicers(
         )
         v = decode(eng.STATE_RESULT, result)
         response = charging_pb2.GetSessionResponse(
-            state=_STATES[v["state"]], receipt_envelope=v["receipt_envelope"]
+            state=_STATES[v["state"]],
+            receipt_envelope=v["receipt_envelope"],
+            progress_envelope=v["progress_envelope"],
         )
         if v["last_ack"] is not None:
             response.last_ack.CopyFrom(_signed_ack(v["last_ack"]))

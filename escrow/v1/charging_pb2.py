@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from escrow.v1 import common_pb2 as escrow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65scrow/v1/charging.proto\x12\tescrow.v1\x1a\x16\x65scrow/v1/common.proto\"\x96\x01\n\x0bOpenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\topen_body\x18\x02 \x01(\x0c\x12\x18\n\x10owner_signatures\x18\x03 \x03(\x0c\x12\x13\n\x0brange_proof\x18\x04 \x01(\x0c\x12\x18\n\x10\x65nclave_envelope\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63hange_envelope\x18\x06 \x01(\x0c\"G\n\x0cOpenResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\x12\x13\n\x0bsession_tag\x18\x02 \x01(\x0c\"P\n\rAttachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ttach_envelope\x18\x03 \x01(\x0c\"3\n\x0e\x41ttachResponse\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x14.escrow.v1.SignedAck\"I\n\x0fReadingEnvelope\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"8\n\tSignedAck\x12\x10\n\x08\x61\x63k_body\x18\x01 \x01(\x0c\x12\x19\n\x11\x65nclave_signature\x18\x02 \x01(\x0c\"G\n\x0bStopRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstop_body\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"P\n\x0cStopResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.escrow.v1.SessionState\x12\x18\n\x10receipt_envelope\x18\x02 \x01(\x0c\"P\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"~\n\x12GetSessionResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.escrow.v1.SessionState\x12\x18\n\x10receipt_envelope\x18\x02 \x01(\x0c\x12&\n\x08last_ack\x18\x03 \x01(\x0b\x32\x14.escrow.v1.SignedAck*\xb5\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_OPENED\x10\x01\x12\x1a\n\x16SESSION_STATE_ATTACHED\x10\x02\x12\x1a\n\x16SESSION_STATE_CHARGING\x10\x03\x12\x19\n\x15SESSION_STATE_CLOSING\x10\x04\x12\x19\n\x15SESSION_STATE_SETTLED\x10\x05\x32\xce\x02\n\x08\x43harging\x12\x37\n\x04Open\x12\x16.escrow.v1.OpenRequest\x1a\x17.escrow.v1.OpenResponse\x12=\n\x06\x41ttach\x12\x18.escrow.v1.AttachRequest\x1a\x19.escrow.v1.AttachResponse\x12\x46\n\x0eStreamReadings\x12\x1a.escrow.v1.ReadingEnvelope\x1a\x14.escrow.v1.SignedAck(\x01\x30\x01\x12\x37\n\x04Stop\x12\x16.escrow.v1.StopRequest\x1a\x17.escrow.v1.StopResponse\x12I\n\nGetSession\x12\x1c.escrow.v1.GetSessionRequest\x1a\x1d.escrow.v1.GetSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65scrow/v1/charging.proto\x12\tescrow.v1\x1a\x16\x65scrow/v1/common.proto\"\x96\x01\n\x0bOpenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\topen_body\x18\x02 \x01(\x0c\x12\x18\n\x10owner_signatures\x18\x03 \x03(\x0c\x12\x13\n\x0brange_proof\x18\x04 \x01(\x0c\x12\x18\n\x10\x65nclave_envelope\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63hange_envelope\x18\x06 \x01(\x0c\"G\n\x0cOpenResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.escrow.v1.EntryRef\x12\x13\n\x0bsession_tag\x18\x02 \x01(\x0c\"P\n\rAttachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ttach_envelope\x18\x03 \x01(\x0c\"3\n\x0e\x41ttachResponse\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x14.escrow.v1.SignedAck\"I\n\x0fReadingEnvelope\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"8\n\tSignedAck\x12\x10\n\x08\x61\x63k_body\x18\x01 \x01(\x0c\x12\x19\n\x11\x65nclave_signature\x18\x02 \x01(\x0c\"G\n\x0bStopRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstop_body\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"P\n\x0cStopResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.escrow.v1.SessionState\x12\x18\n\x10receipt_envelope\x18\x02 \x01(\x0c\"P\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x99\x01\n\x12GetSessionResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.escrow.v1.SessionState\x12\x18\n\x10receipt_envelope\x18\x02 \x01(\x0c\x12&\n\x08last_ack\x18\x03 \x01(\x0b\x32\x14.escrow.v1.SignedAck\x12\x19\n\x11progress_envelope\x18\x04 \x01(\x0c*\xb5\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_OPENED\x10\x01\x12\x1a\n\x16SESSION_STATE_ATTACHED\x10\x02\x12\x1a\n\x16SESSION_STATE_CHARGING\x10\x03\x12\x19\n\x15SESSION_STATE_CLOSING\x10\x04\x12\x19\n\x15SESSION_STATE_SETTLED\x10\x05\x32\xce\x02\n\x08\x43harging\x12\x37\n\x04Open\x12\x16.escrow.v1.OpenRequest\x1a\x17.escrow.v1.OpenResponse\x12=\n\x06\x41ttach\x12\x18.escrow.v1.AttachRequest\x1a\x19.escrow.v1.AttachResponse\x12\x46\n\x0eStreamReadings\x12\x1a.escrow.v1.ReadingEnvelope\x1a\x14.escrow.v1.SignedAck(\x01\x30\x01\x12\x37\n\x04Stop\x12\x16.escrow.v1.StopRequest\x1a\x17.escrow.v1.StopResponse\x12I\n\nGetSession\x12\x1c.escrow.v1.GetSessionRequest\x1a\x1d.escrow.v1.GetSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'escrow.v1.charging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONSTATE']._serialized_start=923
-  _globals['_SESSIONSTATE']._serialized_end=1104
+  _globals['_SESSIONSTATE']._serialized_start=951
+  _globals['_SESSIONSTATE']._serialized_end=1132
   _globals['_OPENREQUEST']._serialized_start=64
   _globals['_OPENREQUEST']._serialized_end=214
   _globals['_OPENRESPONSE']._serialized_start=216
@@ -52,8 +52,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPRESPONSE']._serialized_end=710
   _globals['_GETSESSIONREQUEST']._serialized_start=712
   _globals['_GETSESSIONREQUEST']._serialized_end=792
-  _globals['_GETSESSIONRESPONSE']._serialized_start=794
-  _globals['_GETSESSIONRESPONSE']._serialized_end=920
-  _globals['_CHARGING']._serialized_start=1107
-  _globals['_CHARGING']._serialized_end=1441
+  _globals['_GETSESSIONRESPONSE']._serialized_start=795
+  _globals['_GETSESSIONRESPONSE']._serialized_end=948
+  _globals['_CHARGING']._serialized_start=1135
+  _globals['_CHARGING']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

@@ -110,11 +110,13 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., request_body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class GetSessionResponse(_message.Message):
-    __slots__ = ("state", "receipt_envelope", "last_ack")
+    __slots__ = ("state", "receipt_envelope", "last_ack", "progress_envelope")
     STATE_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     LAST_ACK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     state: SessionState
     receipt_envelope: bytes
     last_ack: SignedAck
-    def __init__(self, state: _Optional[_Union[SessionState, str]] = ..., receipt_envelope: _Optional[bytes] = ..., last_ack: _Optional[_Union[SignedAck, _Mapping]] = ...) -> None: ...
+    progress_envelope: bytes
+    def __init__(self, state: _Optional[_Union[SessionState, str]] = ..., receipt_envelope: _Optional[bytes] = ..., last_ack: _Optional[_Union[SignedAck, _Mapping]] = ..., progress_envelope: _Optional[bytes] = ...) -> None: ...
