@@ -300,3 +300,30 @@ def _fail(tool: str, reason: str, message: str, hint: str, code: int) -> int:
 
 def usage_error(message: str) -> NoReturn:
     raise CliError("USAGE", message, code=EXIT_USAGE)
+
+
+# --- wallet files (the vehicle's, and the pole's payout wallet) -----------------------------------------
+
+WALLET_KIND = "wallet"
+WALLET_VERSION = 1
+
+
+def create_wallet_file(path: str, seed: bytes) -> None:
+    """A new encrypted wallet file holding ``seed`` (and no sessions yet); refuses an existing file."""
+    values = {"version": WALLET_VERSION, "seed": seed.hex(), "sessions": {}}
+    write_json_secret(path, WALLET_KIND, values, prompt=f"passphrase for the new wallet {path}: ")
+
+
+def read_wallet_file(path: str) -> dict[str, Any]:
+    """The wallet file's JSON: {"version": 1, "seed": hex, "sessions": {session id hex: {...}}}."""
+    data = read_json_secret(path, WALLET_KIND, prompt=f"passphrase of the wallet {path}: ")
+    seed = data.get("seed")
+    if data.get("version") != WALLET_VERSION or not isinstance(seed, str) or len(seed) != 64:
+        raise CliError("SECRET_FILE_MALFORMED", f"{path} is not a version-{WALLET_VERSION} wallet")
+    data.setdefault("sessions", {})
+    return data
+
+
+def update_wallet_file(path: str, data: dict[str, Any]) -> None:
+    """Rewrite the wallet file atomically (same passphrase source)."""
+    write_json_secret(path, WALLET_KIND, data, prompt=f"passphrase of the wallet {path}: ", overwrite=True)
