@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m escrow.demo
+	$(PY) -m clients.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
