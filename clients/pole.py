@@ -6,8 +6,9 @@ inside envelopes bound to (chain, "reading", session id, sequence), and every ac
 signed by the enclave: ``check_ack`` verifies it under the attested ledger key, and the pole never
 delivers energy beyond the last signed coverage limit.
 
-Payouts go to a one-time address of the operator's payout wallet (a stealth address from its own seed),
-given in the ATTACH; the pole's receipt is sealed to the same address.
+Payouts go to the address of the operator's payout wallet (a stealth address from its own seed), given
+in the ATTACH; every note paid to it gets a fresh one-time owner key, so payouts are unlinkable on the
+ledger. The pole's receipt is sealed to the same address.
 """
 
 from __future__ import annotations

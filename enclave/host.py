@@ -148,6 +148,12 @@ class EnclaveHost:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def persist_state(self) -> None:
+        """Store the enclave's state sealed again with its current ledger head (atomically), so the next
+        start can tell a store rolled back behind that head."""
+        with self._lock:
+            fsutil.atomic_write(self.data_dir / STATE_FILE, self._ecall("reseal", b""), mode=0o600)
+
     def app_ecall(self, name: str, payload: bytes) -> bytes:
         """Call the application loaded in the enclave (``application`` at start): ``app.<name>``."""
         return self._ecall(APP_PREFIX + name, payload)

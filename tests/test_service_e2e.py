@@ -369,3 +369,35 @@ def test_refusals_carry_reason_and_status(h: Harness) -> None:
     with pytest.raises(EscrowError) as e:
         call(h.c.charging.Attach, charging_pb2.AttachRequest(request_id="x1", session_id=os.urandom(16)))
     assert (e.value.code, e.value.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+
+
+def test_a_store_rolled_back_behind_the_sealed_head_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from escrow.core.errors import CoreError
+    from escrow.host.node import STORE_FILE
+
+    monkeypatch.setenv("ESCROW_NV_DIR", str(tmp_path / "nv"))
+    h = Harness.start(tmp_path)
+    try:
+        car = Wallet(os.urandom(32))
+        h.fund(car, 100)
+        assert h.node is not None
+        old = sqlite3.connect(tmp_path / "old.sqlite")
+        with old:
+            sqlite3.connect(h.data_dir / STORE_FILE).backup(old)  # the store with one MINT
+        old.close()
+        h.fund(car, 200)
+        h.node.persist_state()  # the enclave seals the head with both MINTs
+        h.stop()
+        (h.data_dir / STORE_FILE).unlink()
+        for suffix in ("-wal", "-shm"):
+            (h.data_dir / (STORE_FILE + suffix)).unlink(missing_ok=True)
+        (tmp_path / "old.sqlite").rename(h.data_dir / STORE_FILE)
+        with pytest.raises(CoreError) as refused:
+            EscrowNode.start(h.data_dir, None, nv_dir=h.nv_dir, tick_interval_s=0)
+        assert refused.value.reason == "STORE_ROLLED_BACK"
+    finally:
+        h.stop()

@@ -9,6 +9,8 @@ Sealed state (MRSIGNER policy, slot ("enclave-state", b"", 1)), canonical, lengt
   lp("escrow.v1/enclave-state/v1") || lp(counter u64) || lp(ledger key: P-256 private scalar, 32) ||
   lp(encryption key: X25519 private, 32) || lp(instance id, 16) || lp(chain id, 32) ||
   lp(head height u64) || lp(head hash, 32)
+The sealed head is the ledger head when the state was last sealed (at start, and whenever the host asks
+with the ``reseal`` ecall); an application compares it with the store it is given (sealed_head()).
 Start protocol (rollback detection, DESIGN §5): the enclave refuses sealed state whose counter value is
 below the platform counter; otherwise it reseals with value c = max(state, counter) + 1, the host
 stores that blob durably, and only then the ``commit_start`` ecall raises the platform counter to c.
@@ -169,7 +171,13 @@ class EnclaveServices:
         if len(chain_id) != 32 or len(entry_hash) != 32 or not 0 <= height < 1 << 64:
             raise BoundaryError("a head is a 32-byte chain id, a u64 height and a 32-byte hash")
         state = self._enclave._require_state()
-        state.chain_id, state.head_height, state.head_hash = chain_id, height, entry_hash
+        with self._enclave._lock:
+            state.chain_id, state.head_height, state.head_hash = chain_id, height, entry_hash
+
+    def sealed_head(self) -> tuple[bytes, int, bytes] | None:
+        """The ledger head the sealed state carried when this enclave started (None for a new enclave):
+        the store must still contain it, or it was rolled back."""
+        return self._enclave._sealed_head
 
     def seal(self, kind: str, object_id: bytes, version: int, data: bytes) -> bytes:
         """Seal application data (MRSIGNER policy) to the slot (kind, object id, version)."""
@@ -205,8 +213,10 @@ class TrustedEnclave:
         self._started = False
         self._committed = False
         self._lock = threading.Lock()
+        self._sealed_head: tuple[bytes, int, bytes] | None = None
         self._ecalls: dict[str, Callable[[bytes], bytes]] = {
             "start": self._start,
+            "reseal": self._reseal,
             "commit_start": self._commit_start,
             "key_bundle": self._key_bundle,
             "report": self._report,
@@ -259,6 +269,8 @@ class TrustedEnclave:
                 instance_id=os.urandom(16),
             )
         state.counter = max(state.counter, counter) + 1
+        if state.chain_id != bytes(32):
+            self._sealed_head = (state.chain_id, state.head_height, state.head_hash)
         self._state = state
         self._pending_counter = state.counter
         return self._seal_state(state)
@@ -276,6 +288,13 @@ class TrustedEnclave:
         if self._application is not None:
             self._app_ecalls = dict(self._application(EnclaveServices(self)))
         return b""
+
+    def _reseal(self, payload: bytes) -> bytes:
+        """The state sealed again with the current ledger head (same counter value), for the host to
+        store: the next start checks that the store still holds that head."""
+        if payload:
+            raise BoundaryError("reseal takes no payload")
+        return self._seal_state(self._require_state())
 
     def _key_bundle(self, payload: bytes) -> bytes:
         if payload:

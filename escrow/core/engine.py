@@ -379,6 +379,8 @@ class EscrowEngine:
         self._live: dict[bytes, _Live] = {}  # by session id
         self._clock = MonotoneClock()
         self._own_key = services.ledger_public_key()
+        self._sealed_head = services.sealed_head()  # the store must still hold it (rollback check)
+        self._sealed_head_seen: bytes | None = None
         self._enc_priv = services.encryption_private_key()
 
     # --- the ecall table --------------------------------------------------------------------------
@@ -467,6 +469,8 @@ class EscrowEngine:
             if key is None:
                 raise EngineError("STORE_INVALID", "entries before GENESIS")
         self._head = check_entry(self._head, entry, key)
+        if self._sealed_head is not None and self._head.height == self._sealed_head[1]:
+            self._sealed_head_seen = self._head.entry_hash
         self._apply_entry(entry)
 
     def _apply_entry(self, entry: Entry) -> None:
@@ -559,6 +563,7 @@ class EscrowEngine:
             missing = set(self._open_tags) - {s.tag for s in self._live.values()}
             if missing:
                 raise EngineError("STORE_INVALID", f"{len(missing)} open session(s) have no sealed state")
+            self._check_not_rolled_back()
             if self._head.height < 0:
                 self._genesis(v)
             else:
@@ -576,6 +581,22 @@ class EscrowEngine:
                     "height": self._head.height,
                     "entry_hash": self._head.entry_hash,
                 },
+            )
+
+    def _check_not_rolled_back(self) -> None:
+        """The store must contain the head the enclave's sealed state last recorded (DESIGN §5)."""
+        if self._sealed_head is None:
+            return
+        chain_id, height, entry_hash = self._sealed_head
+        if (
+            self._head.chain_id != chain_id
+            or self._head.height < height
+            or self._sealed_head_seen != entry_hash
+        ):
+            raise EngineError(
+                "STORE_ROLLED_BACK",
+                f"the store does not contain the ledger head {height} the enclave last sealed: "
+                "it was rolled back or replaced",
             )
 
     def _quote(self, nonce: bytes) -> dict[str, Any]:

@@ -125,6 +125,7 @@ STATUS_BY_REASON: dict[str, grpc.StatusCode] = {
     # the store's own refusals (an honest host never hits these from a valid request)
     "STORE_INVALID": grpc.StatusCode.INTERNAL,
     "STORE_FOREIGN": grpc.StatusCode.INTERNAL,
+    "STORE_ROLLED_BACK": grpc.StatusCode.INTERNAL,
     "GENESIS_INVALID": _INVALID,
     "GENESIS_CONFIG_MISSING": _PRECONDITION,
 }

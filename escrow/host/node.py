@@ -14,6 +14,7 @@ refuses every call until it is restarted, which replays the store exactly as aft
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -34,6 +35,7 @@ from escrow.core.spending import OpenBody
 from escrow.host.store import Store
 
 STORE_FILE = "escrow.sqlite"
+RESEAL_INTERVAL_S = 5.0  # how often the ticker seals the current ledger head into the enclave's state
 IDEMPOTENCY_KEY = (("method", Text(128)), ("request_id", Text(128)), ("body_hash", Fixed(32)))
 MAX_REQUEST_ID_CHARS = 128
 _BATCH_BYTES = 512 * 1024
@@ -116,6 +118,7 @@ class EscrowNode:
                 ),
             )
             node.chain_id = decode(eng.START_RESULT, result)["chain_id"]
+            node.host.persist_state()  # the sealed head is now this store's head
         except BaseException:
             node.close()
             raise
@@ -268,13 +271,23 @@ class EscrowNode:
         return int(result["settled"])
 
     def _tick_loop(self) -> None:
+        last_sealed = time.monotonic()
         while not self._stop.wait(self.tick_interval_s):
             if self.halted is not None:
                 return
             try:
                 self.tick()
+                if time.monotonic() - last_sealed >= RESEAL_INTERVAL_S and self.host is not None:
+                    self.host.persist_state()
+                    last_sealed = time.monotonic()
             except CoreError:
                 continue  # a halted engine says so on every call; the servicers report it
+
+    def persist_state(self) -> None:
+        """Seal the enclave's current ledger head to its state file now (also done at start and by the
+        ticker every RESEAL_INTERVAL_S, and at close)."""
+        if self.host is not None and self.halted is None:
+            self.host.persist_state()
 
     # --- stop -------------------------------------------------------------------------------------
 
@@ -283,6 +296,9 @@ class EscrowNode:
         self._stop.set()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join(timeout=10)
+        if self.host is not None and self.halted is None and self.chain_id != bytes(32):
+            with contextlib.suppress(Exception):  # closing anyway; the next start checks what was sealed last
+                self.host.persist_state()
         if self.host is not None:
             self.host.close()
             self.host = None
