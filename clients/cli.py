@@ -260,6 +260,8 @@ _HINTS = {
     "POLE_EVSE_IN_USE": "this EVSE id is registered for another pole",
     "POLE_ID_IN_USE": "this pole is registered already",
     "IDEMPOTENCY_KEY_REUSED": "use a new request id",
+    "SESSION_ALREADY_ATTACHED": "the session is attached already: this pole or another took it",
+    "TARIFF_MISMATCH": "the vehicle agreed to another tariff: list the poles and open again",
     "ENCLAVE_HALTED": "restart the server",
 }
 
