@@ -32,6 +32,7 @@ import json
 import os
 import queue
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -691,6 +692,19 @@ def _stream(
         ending = True
 
     steps = iter(plan)
+    # The first Ctrl-C only raises a flag that the loop reads between readings (a KeyboardInterrupt
+    # could land anywhere, even between signing a reading and sending it); a second one abandons.
+    stop_requested = threading.Event()
+    previous_handler = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop_requested.is_set():
+            signal.signal(signal.SIGINT, previous_handler)
+            raise KeyboardInterrupt
+        stop_requested.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
     deadline_s = args.timeout_s + (len(plan) + 2) * (args.timeout_s + float(interval_s))
     begin = meter.begin(session_id)
     responses = chain.connection.charging.StreamReadings(requests(), timeout=deadline_s)
@@ -740,10 +754,8 @@ def _stream(
             if step is not None and step > room:  # never beyond the signed coverage limit
                 step, state.stopped_by = (room if room > 0 else None), "coverage_limit"
             if step is not None and interval_s > 0:
-                try:
-                    time.sleep(float(interval_s))  # the energy flows for one interval
-                except KeyboardInterrupt:
-                    interrupted = True
+                stop_requested.wait(float(interval_s))  # the energy flows for one interval
+            interrupted = interrupted or stop_requested.is_set()
             if step is not None and not interrupted:
                 meter.advance(step)
                 send(meter.reading(), "C")
@@ -763,6 +775,8 @@ def _stream(
     finally:
         watchdog.disarm()
         outbox.put(None)  # ends the request stream (and the generator's thread)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_handler)
     if interrupted:
         state.stopped_by = "operator"
     if not state.acks:
