@@ -115,14 +115,25 @@ def format_price(numerator: int, decimals: int, currency: str = "") -> str:
     value = Decimal(numerator).scaleb(-(decimals + 6))
     quantum = Decimal(1).scaleb(-decimals)
     text = str(value.quantize(quantum)) if value == value.quantize(quantum) else str(value.normalize())
-    return f"{text} {currency}/kWh".strip()
+    return f"{text} {currency}/kWh" if currency else f"{text}/kWh"
 
 
 # --- key files --------------------------------------------------------------------------------------------
 
 
+_PASSPHRASES: dict[Path, bytes] = {}  # per file, for this process: a command asks once per file
+
+
+def _passphrase(path: str, prompt: str, *, confirm: bool = False) -> bytes:
+    key = Path(path).resolve()
+    if key not in _PASSPHRASES:
+        _PASSPHRASES[key] = passphrase_from(PASSPHRASE_ENV, prompt=prompt, confirm=confirm)
+    return _PASSPHRASES[key]
+
+
 def read_json_secret(path: str, kind: str, *, prompt: str) -> dict[str, Any]:
-    """A JSON object from an encrypted secret file (passphrase from $ESCROW_PASSPHRASE or a prompt)."""
+    """A JSON object from an encrypted secret file (passphrase from $ESCROW_PASSPHRASE or a prompt,
+    asked once per file and process)."""
     if not Path(path).exists():
         raise CliError(
             "FILE_MISSING",
@@ -130,8 +141,12 @@ def read_json_secret(path: str, kind: str, *, prompt: str) -> dict[str, Any]:
             "create it first (the init or create command)",
             EXIT_USAGE,
         )
-    passphrase = passphrase_from(PASSPHRASE_ENV, prompt=prompt)
-    data = json.loads(read_secret_file(Path(path), kind, passphrase))
+    passphrase = _passphrase(path, prompt)
+    try:
+        data = json.loads(read_secret_file(Path(path), kind, passphrase))
+    except SecretFileError:
+        _PASSPHRASES.pop(Path(path).resolve(), None)
+        raise
     if not isinstance(data, dict):
         raise CliError("SECRET_FILE_MALFORMED", f"{path} does not hold a {kind}")
     return data
@@ -141,7 +156,7 @@ def write_json_secret(
     path: str, kind: str, values: dict[str, Any], *, prompt: str, overwrite: bool = False
 ) -> None:
     """Write a JSON object to an encrypted, owner-only secret file atomically."""
-    passphrase = passphrase_from(PASSPHRASE_ENV, prompt=prompt, confirm=not overwrite)
+    passphrase = _passphrase(path, prompt, confirm=not overwrite)
     payload = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
     write_secret_file(Path(path), kind, payload, passphrase, overwrite=overwrite)
 
