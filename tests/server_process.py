@@ -24,7 +24,14 @@ STOP_TIMEOUT_S = 10.0
 
 def command(tool: str) -> list[str]:
     script = BIN / tool
-    module = {"escrow-attest": "enclave.attest_cli", "escrow-server": "escrow.host.server_cli"}[tool]
+    module = {
+        "escrow-attest": "enclave.attest_cli",
+        "escrow-server": "escrow.host.server_cli",
+        "escrow-vehicle": "clients.vehicle_cli",
+        "escrow-pole": "clients.pole_cli",
+        "escrow-issuer": "clients.issuer_cli",
+        "escrow-audit": "clients.audit_cli",
+    }[tool]
     return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
