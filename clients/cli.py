@@ -191,6 +191,30 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool = True
     parser.add_argument("--timeout-s", metavar="S", type=float, default=30.0, help="per-call deadline")
 
 
+def add_shared_options(
+    parser: argparse.ArgumentParser,
+    files: dict[str, str],
+    *,
+    target: bool,
+    suppress: bool,
+    defaults: dict[str, str | None] | None = None,
+) -> None:
+    """Options every command of a tool takes, before or after the command name: one ``--NAME FILE`` per
+    entry of ``files`` (name -> help), --json, and (``target``) the target and attestation options. On
+    a command's own parser (``suppress``) their defaults are suppressed, so a value given before the
+    command is not reset by the command's parser."""
+    first = len(parser._actions)
+    for name, help_text in files.items():
+        default = (defaults or {}).get(name)
+        parser.add_argument(f"--{name}", metavar="FILE", default=default, help=help_text)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (errors stay on stderr)")
+    if target:
+        add_target_options(parser, required=False)
+    if suppress:
+        for action in parser._actions[first:]:
+            action.default = argparse.SUPPRESS
+
+
 def policy_from(args: argparse.Namespace) -> Policy:
     """The attestation policy the options name."""
     kwargs: dict[str, Any] = {"allow_debug_insecure": bool(args.allow_debug_insecure)}
@@ -278,6 +302,14 @@ _HINTS = {
     "SESSION_ALREADY_ATTACHED": "the session is attached already: this pole or another took it",
     "TARIFF_MISMATCH": "the vehicle agreed to another tariff: list the poles and open again",
     "ENCLAVE_HALTED": "restart the server",
+}
+
+
+_SECRET_HINTS = {
+    "SECRET_FILE_PASSPHRASE": f"check the passphrase (${PASSPHRASE_ENV} or the prompt) and the file name",
+    "SECRET_FILE_KIND": "name the right file: --keys takes a keys file, --wallet a wallet file",
+    "SECRET_FILE_EXISTS": "use another file name",
+    "SECRET_FILE_PERMISSIONS": "make the file readable by its owner only (chmod 600)",
 }
 
 

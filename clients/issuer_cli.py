@@ -25,11 +25,10 @@ import re
 from typing import Any
 
 from clients.cli import (
-    EXIT_REFUSED,
     EXIT_USAGE,
     PASSPHRASE_ENV,
     CliError,
-    add_target_options,
+    add_shared_options,
     attested_chain,
     emit,
     format_amount,
@@ -42,7 +41,6 @@ from clients.cli import (
 )
 from clients.connection import call
 from clients.issuer import Issuer, RedemptionError, approve_redemptions
-from clients.secretfile import PassphraseError, SecretFileError
 from zk.stealth import Address, StealthError
 
 PROG = "escrow-issuer"
@@ -235,17 +233,13 @@ def _need(args: argparse.Namespace, name: str) -> str:
 
 
 def _add_shared(parser: argparse.ArgumentParser, names: tuple[str, ...], *, suppress: bool) -> None:
-    """--keys, --json and the target options; on a command's parser their defaults are suppressed, so
-    a value given before the command stays unless the command's own one overrides it."""
-    first = len(parser._actions)
-    if "keys" in names:
-        parser.add_argument("--keys", metavar="FILE", help="the issuer's encrypted keys file")
-    if "target" in names:
-        add_target_options(parser, required=False)
-    parser.add_argument("--json", action="store_true", help="print one JSON object (errors stay on stderr)")
-    if suppress:
-        for action in parser._actions[first:]:
-            action.default = argparse.SUPPRESS
+    """The tool's shared options (clients.cli.add_shared_options) that ``names`` asks for."""
+    files = {
+        name: help_text
+        for name, help_text in {"keys": "the issuer's encrypted keys file"}.items()
+        if name in names
+    }
+    add_shared_options(parser, files, target="target" in names, suppress=suppress)
 
 
 EPILOG = f"""\
@@ -253,15 +247,6 @@ exit codes: 0 done; 1 refused (the escrow's reason is printed), attestation or t
 local check failed (wrong passphrase, a key GENESIS does not name); 2 bad usage (an argument, a missing
 or existing file); 3 the server cannot be reached. The passphrase comes from ${PASSPHRASE_ENV} or a
 prompt. Docs: docs/escrow-issuer.md"""
-
-
-# Secret-file failures, as clients.cli.run reports them but with the detail once and what to do next.
-_SECRET_HINTS = {
-    "SECRET_FILE_PASSPHRASE": f"check the passphrase (${PASSPHRASE_ENV} or the prompt) and the file name",
-    "SECRET_FILE_KIND": "name the right file: --keys takes a keys file, --wallet a wallet file",
-    "SECRET_FILE_EXISTS": "use another file name",
-}
-_USAGE_REASONS = ("SECRET_FILE_EXISTS", "SECRET_FILE_MISSING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,19 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
 
     def body() -> int:
-        try:
-            return _body()
-        except PassphraseError as e:
-            raise CliError(
-                e.reason, e.detail, f"set ${PASSPHRASE_ENV} or run in a terminal", EXIT_USAGE
-            ) from None
-        except SecretFileError as e:
-            hint = _SECRET_HINTS.get(e.reason, "")
-            raise CliError(
-                e.reason, e.detail, hint, EXIT_USAGE if e.reason in _USAGE_REASONS else EXIT_REFUSED
-            ) from None
-
-    def _body() -> int:
         if args.command not in ("init", "show") and not getattr(args, "target", None):
             usage_error(f"--target HOST:PORT is required for {args.command}")
         result: int = args.func(args)

@@ -53,7 +53,7 @@ from clients.cli import (
     PASSPHRASE_ENV,
     Chain,
     CliError,
-    add_target_options,
+    add_shared_options,
     attested_chain,
     create_wallet_file,
     emit,
@@ -81,8 +81,6 @@ from clients.meter import (
 )
 from clients.pole import Pole, PoleError, check_ack
 from clients.secretfile import (
-    PassphraseError,
-    SecretFileError,
     passphrase_from,
     read_secret_file,
     write_secret_file,
@@ -953,19 +951,16 @@ def _session_id(text: str) -> bytes:
 
 
 def _add_shared(parser: argparse.ArgumentParser, names: tuple[str, ...], *, suppress: bool) -> None:
-    """--keys, --wallet, --json and the target options; on a command's parser their defaults are
-    suppressed, so a value given before the command stays unless the command's own one overrides it."""
-    first = len(parser._actions)
-    if "keys" in names:
-        parser.add_argument("--keys", metavar="FILE", help="the pole's encrypted keys file")
-    if "wallet" in names:
-        parser.add_argument("--wallet", metavar="FILE", help="the pole's encrypted payout wallet file")
-    if "target" in names:
-        add_target_options(parser, required=False)
-    parser.add_argument("--json", action="store_true", help="print one JSON object (errors stay on stderr)")
-    if suppress:
-        for action in parser._actions[first:]:
-            action.default = argparse.SUPPRESS
+    """The tool's shared options (clients.cli.add_shared_options) that ``names`` asks for."""
+    files = {
+        name: help_text
+        for name, help_text in {
+            "keys": "the pole's encrypted keys file",
+            "wallet": "the pole's encrypted payout wallet file",
+        }.items()
+        if name in names
+    }
+    add_shared_options(parser, files, target="target" in names, suppress=suppress)
 
 
 EPILOG = f"""\
@@ -973,15 +968,6 @@ exit codes: 0 done; 1 refused (the escrow's reason is printed), attestation fail
 failed (wrong passphrase, not enough funds); 2 bad usage (an argument, a missing or existing file);
 3 the server cannot be reached. The passphrase comes from ${PASSPHRASE_ENV} or a prompt.
 Docs: docs/escrow-pole.md"""
-
-
-# Secret-file failures, as clients.cli.run reports them but with the detail once and what to do next.
-_SECRET_HINTS = {
-    "SECRET_FILE_PASSPHRASE": f"check the passphrase (${PASSPHRASE_ENV} or the prompt) and the file name",
-    "SECRET_FILE_KIND": "name the right file: --keys takes a keys file, --wallet a wallet file",
-    "SECRET_FILE_EXISTS": "use another file name",
-}
-_USAGE_REASONS = ("SECRET_FILE_EXISTS", "SECRET_FILE_MISSING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1077,19 +1063,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
 
     def body() -> int:
-        try:
-            return _body()
-        except PassphraseError as e:
-            raise CliError(
-                e.reason, e.detail, f"set ${PASSPHRASE_ENV} or run in a terminal", EXIT_USAGE
-            ) from None
-        except SecretFileError as e:
-            hint = _SECRET_HINTS.get(e.reason, "")
-            raise CliError(
-                e.reason, e.detail, hint, EXIT_USAGE if e.reason in _USAGE_REASONS else EXIT_REFUSED
-            ) from None
-
-    def _body() -> int:
         if args.command not in ("init", "show") and not getattr(args, "target", None):
             usage_error(f"--target HOST:PORT is required for {args.command}")
         try:

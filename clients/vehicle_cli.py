@@ -81,21 +81,14 @@ SEED_WARNING = (
 
 
 def _add_common(parser: argparse.ArgumentParser, *, server: bool, suppress: bool) -> None:
-    """--wallet, --json and (``server``) the target and attestation options. On a subcommand the
-    defaults are suppressed, so an option given before the command is not reset by the subcommand."""
-    before = len(parser._actions)
-    parser.add_argument(
-        "--wallet",
-        metavar="FILE",
-        default=os.environ.get(WALLET_ENV),
-        help=f"the encrypted wallet file (default ${WALLET_ENV})",
+    """--wallet, --json and (``server``) the target and attestation options (cli.add_shared_options)."""
+    cli.add_shared_options(
+        parser,
+        {"wallet": f"the encrypted wallet file (default ${WALLET_ENV})"},
+        target=server,
+        suppress=suppress,
+        defaults={"wallet": os.environ.get(WALLET_ENV)},
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    if server:
-        cli.add_target_options(parser, required=False)
-    if suppress:
-        for action in parser._actions[before:]:
-            action.default = argparse.SUPPRESS
 
 
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:
