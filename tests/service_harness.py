@@ -45,10 +45,14 @@ class Harness:
     conn: Connection | None = None
     attested: Attested | None = None
     poles: list[Pole] = field(default_factory=list)
+    proof_workers: int = 0
 
     @classmethod
-    def start(cls, tmp: Path, *, grace_ms: int = 120_000, tick_interval_s: float = 0.2) -> Harness:
+    def start(
+        cls, tmp: Path, *, grace_ms: int = 120_000, tick_interval_s: float = 0.2, proof_workers: int = 0
+    ) -> Harness:
         h = cls(tmp / "data", tmp / "nv", Issuer(os.urandom(32)), grace_ms)
+        h.proof_workers = proof_workers
         h.boot(tick_interval_s)
         return h
 
@@ -57,7 +61,11 @@ class Harness:
             issuer_keys=(self.issuer.public_key,), currency=CURRENCY, grace_ms=self.grace_ms
         )
         self.node = EscrowNode.start(
-            self.data_dir, genesis, nv_dir=self.nv_dir, tick_interval_s=tick_interval_s
+            self.data_dir,
+            genesis,
+            nv_dir=self.nv_dir,
+            tick_interval_s=tick_interval_s,
+            proof_workers=self.proof_workers,
         )
         self.server, self.port = create_server(self.node, "127.0.0.1:0")
         self.conn = Connection(f"127.0.0.1:{self.port}")

@@ -14,3 +14,8 @@ class CoreError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle as (class, (reason, detail), the other attributes): a refusal raised in a worker
+        process (escrow.host.workers) reaches the engine with its class and reason intact."""
+        return (self.__class__, (self.reason, self.detail), self.__dict__)

@@ -33,6 +33,7 @@ from escrow.core.errors import CoreError
 from escrow.core.ledger import Entry
 from escrow.core.spending import OpenBody
 from escrow.host.store import Store
+from escrow.host.workers import ProofPool
 
 STORE_FILE = "escrow.sqlite"
 RESEAL_INTERVAL_S = 5.0  # how often the ticker seals the current ledger head into the enclave's state
@@ -76,6 +77,7 @@ class EscrowNode:
     _ticker: threading.Thread | None = None
     halted: str | None = None
     on_halt: list[Callable[[], None]] = field(default_factory=list)  # e.g. health -> NOT_SERVING
+    pool: ProofPool | None = None  # worker processes for the proof work (escrow.host.workers)
 
     @classmethod
     def start(
@@ -88,11 +90,15 @@ class EscrowNode:
         clock: Callable[[], int] = now_ms,
         tick_interval_s: float = 0.5,
         work: Callable[..., Any] = eng.direct_work,
+        proof_workers: int = 0,
     ) -> EscrowNode:
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         store = Store.open(data_dir / STORE_FILE)
         node = cls(data_dir=data_dir, store=store, clock=clock, tick_interval_s=tick_interval_s)
+        if proof_workers:
+            node.pool = ProofPool(proof_workers)
+            work = node.pool.run
 
         def application(services: EnclaveServices) -> eng.Ecalls:
             return eng.EscrowEngine(services, node._persist, node._quote, node._fetch, work=work).ecalls()
@@ -302,6 +308,9 @@ class EscrowNode:
         if self.host is not None:
             self.host.close()
             self.host = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         self.store.close()
 
     def __enter__(self) -> EscrowNode:

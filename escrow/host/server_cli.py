@@ -38,6 +38,7 @@ from escrow.core.errors import CoreError
 from escrow.host.grpc_server import create_server
 from escrow.host.node import STORE_FILE, EscrowNode, GenesisConfig
 from escrow.host.store import Store
+from escrow.host.workers import MAX_WORKERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "escrow-server"
@@ -305,8 +306,10 @@ def start_node(args: argparse.Namespace, data_dir: Path) -> EscrowNode:
             "(--issuer-key HEX or --issuer-key-file FILE)"
         )
     config = EnclaveConfig(debug=args.debug_enclave)
+    if not 0 <= args.proof_workers <= MAX_WORKERS:
+        raise CliError(f"--proof-workers is 0 to {MAX_WORKERS}", EXIT_USAGE)
     try:
-        return EscrowNode.start(data_dir, genesis, config=config)
+        return EscrowNode.start(data_dir, genesis, config=config, proof_workers=args.proof_workers)
     except RollbackError as e:
         raise CliError(
             f"rollback detected, refusing to start: {e}. Restore the newest copy of {data_dir} (the "
@@ -471,6 +474,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         help="the longest session deadline an OPEN may ask for, in whole seconds (default 86400)",
+    )
+    p.add_argument(
+        "--proof-workers",
+        metavar="N",
+        type=int,
+        default=0,
+        help="worker processes for proof verification and settlement proofs (default 0: in the server's "
+        "own process; one per spare core spreads the work)",
     )
 
 
