@@ -1,0 +1,239 @@
+"""Load: N concurrent vehicles and poles against one escrow server over loopback (issue 6).
+
+    python benchmarks/load.py [--sessions 50] [--readings 20] [--server-cores N] [--json]
+
+The server is `escrow-server serve` in its own process, pinned to N cores (sched_setaffinity) with N
+proof-worker processes when N > 1 (escrow.host.workers; with N = 1 the proofs run in the server's own
+interpreter). Everything the clients prove or sign is prepared before the clock starts: the issuer's
+mints, one pole per session with its registration and tariff, each vehicle's deposit proof and OPEN,
+each pole's ATTACH, and every OCMF record signed and sealed. The timed phase runs every session at once,
+one thread per session: OPEN, ATTACH, then the readings one at a time (each after the previous ACK)
+until the end reading's ACK says SETTLED. It reports sessions and acknowledged readings per second,
+p50/p99 per RPC, the errors (they must be zero), and the audit of the whole ledger at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clients.auditor import audit_target  # noqa: E402
+from clients.connection import Connection, call  # noqa: E402
+from clients.issuer import Issuer  # noqa: E402
+from clients.meter import SimulatedMeter  # noqa: E402
+from clients.pole import Pole, check_ack  # noqa: E402
+from clients.wallet import Wallet  # noqa: E402
+from enclave.verifier import Policy  # noqa: E402
+from escrow.v1 import charging_pb2  # noqa: E402
+
+DEPOSIT, MINT = 2_000, 2_500
+PRICE, FEE = 39_000_000, 50
+
+
+@dataclass
+class Prepared:
+    """One session, ready to run: every request built, every record signed and sealed."""
+
+    open_request: charging_pb2.OpenRequest
+    attach_request: charging_pb2.AttachRequest
+    readings: list[charging_pb2.ReadingEnvelope]
+    session_id: bytes
+
+
+@dataclass
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: list[str] = field(default_factory=list)
+    readings: int = 0
+    settled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, rpc: str, seconds: float) -> None:
+        with self.lock:
+            self.latencies[rpc].append(seconds * 1000)
+
+
+def start_server(tmp: Path, issuer_key: bytes, cores: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    argv = [sys.executable, "-m", "escrow.host.server_cli", "serve", "--data-dir", str(tmp / "data")]
+    argv += ["--listen", "127.0.0.1:0", "--issuer-key", issuer_key.hex(), "--json"]
+    argv += ["--proof-workers", str(cores if cores > 1 else 0)]
+    env = {**os.environ, "ESCROW_NV_DIR": str(tmp / "nv")}
+    available = sorted(os.sched_getaffinity(0))
+    if cores > len(available):
+        raise SystemExit(f"load: --server-cores {cores}, but this machine offers {len(available)}")
+    chosen = set(available[:cores])
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, chosen),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("load: escrow-server did not start")
+    return proc, json.loads(line)
+
+
+def prepare(conn: Connection, policy: Policy, issuer: Issuer, sessions: int, readings: int) -> list[Prepared]:
+    attested = conn.attest(policy)
+    out = []
+    for i in range(sessions):
+        pole = Pole(
+            os.urandom(32), SimulatedMeter.generate(), f"LOAD-{i}", f"DE*LOAD*E{i:05d}", os.urandom(32)
+        )
+        call(conn.registry.RegisterPole, pole.register_request(attested.chain_id))
+        call(
+            conn.registry.PublishTariff, pole.tariff_request(attested.chain_id, "EUR", PRICE, FEE, sequence=1)
+        )
+        car = Wallet(os.urandom(32))
+        call(conn.notes.Mint, issuer.mint_request(attested, "EUR", car.address, MINT))
+        car.scan(conn, attested)
+        deposit = car.prepare_deposit(attested, DEPOSIT)
+        deadline = int((time.time() + 3600) * 1000)
+        open_request, session = car.open_request(attested, deposit, pole.pole_id, pole.tariff_body, deadline)
+        attach = pole.attach_request(attested, session.session_id)
+        records = [pole.meter.begin(session.session_id)]
+        for _ in range(readings - 2):
+            pole.meter.advance(Decimal("0.250"))
+            records.append(pole.meter.reading())
+        records.append(pole.meter.end())
+        envelopes = [pole.reading_envelope(attested, session.session_id, r) for r in records]
+        out.append(Prepared(open_request, attach, envelopes, session.session_id))
+    return out
+
+
+def run_session(
+    target: str, prepared: Prepared, attested: Any, results: Results, start: threading.Event
+) -> None:
+    with Connection(target) as conn:
+        start.wait()
+        try:
+            t = time.perf_counter()
+            call(conn.charging.Open, prepared.open_request)
+            results.record("Open", time.perf_counter() - t)
+            t = time.perf_counter()
+            call(conn.charging.Attach, prepared.attach_request)
+            results.record("Attach", time.perf_counter() - t)
+            outbox: queue.Queue[charging_pb2.ReadingEnvelope | None] = queue.Queue()
+
+            def requests() -> Any:
+                while (item := outbox.get()) is not None:
+                    yield item
+
+            pending = iter(prepared.readings)
+            outbox.put(next(pending))
+            sent_at = time.perf_counter()
+            for ack in conn.charging.StreamReadings(requests(), timeout=600):
+                results.record("Reading", time.perf_counter() - sent_at)
+                body = check_ack(attested, prepared.session_id, ack).body
+                with results.lock:
+                    results.readings += 1
+                    results.settled += body.decision == "SETTLED"
+                following = None if body.decision == "SETTLED" else next(pending, None)
+                sent_at = time.perf_counter()
+                outbox.put(following)  # the next record only after this ACK: a real pole's pace
+                if following is None:
+                    break
+        except Exception as e:  # counted, never hidden
+            with results.lock:
+                results.errors.append(f"{type(e).__name__}: {e}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--readings", type=int, default=20, help="records per session, B and end included")
+    parser.add_argument("--server-cores", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.readings < 2 or args.sessions < 1:
+        parser.error("at least one session of at least 2 readings")
+    issuer = Issuer(os.urandom(32))
+    with tempfile.TemporaryDirectory(prefix="escrow-load-") as tmp_name:
+        tmp = Path(tmp_name)
+        proc, announced = start_server(tmp, issuer.public_key, args.server_cores)
+        try:
+            policy = Policy(
+                root_ca_der=(tmp / "data" / "platform" / "root_ca.der").read_bytes(),
+                expect_mrenclave=bytes.fromhex(announced["mrenclave"]),
+            )
+            target = announced["address"]
+            with Connection(target) as conn:
+                prepared = prepare(conn, policy, issuer, args.sessions, args.readings)
+                attested = conn.attest(policy)
+            results, start = Results(), threading.Event()
+            threads = [
+                threading.Thread(target=run_session, args=(target, p, attested, results, start))
+                for p in prepared
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)  # every client connected
+            t0 = time.perf_counter()
+            start.set()
+            for thread in threads:
+                thread.join(timeout=900)
+            elapsed = time.perf_counter() - t0
+            with Connection(target) as conn:
+                report = audit_target(conn, policy)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    summary = {
+        "server_cores": args.server_cores,
+        "sessions": args.sessions,
+        "readings_per_session": args.readings,
+        "seconds": round(elapsed, 3),
+        "sessions_per_s": round(results.settled / elapsed, 3),
+        "readings_per_s": round(results.readings / elapsed, 1),
+        "errors": len(results.errors),
+        "audit_ok": report.ok,
+        "p50_ms": {rpc: round(statistics.median(v), 2) for rpc, v in results.latencies.items()},
+        "p99_ms": {rpc: round(percentile(v, 0.99), 2) for rpc, v in results.latencies.items()},
+    }
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(
+            f"load: {args.sessions} sessions x {args.readings} readings, "
+            f"server on {args.server_cores} core(s)"
+        )
+        print(
+            f"  {summary['sessions_per_s']} sessions/s, {summary['readings_per_s']} readings/s "
+            f"in {elapsed:.1f} s"
+        )
+        for rpc in sorted(results.latencies):
+            print(f"  {rpc:8s} p50 {summary['p50_ms'][rpc]:8.2f} ms   p99 {summary['p99_ms'][rpc]:8.2f} ms")
+        print(
+            f"  errors {len(results.errors)}, audit {'OK' if report.ok else 'FAILED ' + str(report.reason)}"
+        )
+        for error in results.errors[:5]:
+            print(f"  error: {error}")
+    return 0 if not results.errors and report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
