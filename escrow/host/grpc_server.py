@@ -425,6 +425,81 @@ class Servicers(
         )
 
 
+class _Undecodable:
+    """What a request that is not valid protobuf turns into (the handler answers REQUEST_MALFORMED)."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # DecodeError and anything else a hostile byte string provokes
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _refuse_undecodable(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler, but a request that does not parse gets INVALID_ARGUMENT REQUEST_MALFORMED
+    (gRPC's own answer would be INTERNAL, and its failed stream would keep a connection slot)."""
+    if handler.request_deserializer is None:
+        return handler
+    deserializer = _safe_deserializer(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            if request is _UNDECODABLE:
+                abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
+            return unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, handler.response_serializer)
+    if handler.unary_stream is not None:
+        unary_stream_behavior = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            if request is _UNDECODABLE:
+                abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
+            yield from unary_stream_behavior(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, handler.response_serializer)
+    if handler.stream_stream is not None:
+        stream_behavior = handler.stream_stream
+
+        def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            for request in requests:
+                if request is _UNDECODABLE:
+                    abort(context, "REQUEST_MALFORMED", "a message is not a valid protobuf message")
+                yield request
+
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            yield from stream_behavior(checked(requests, context), context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, handler.response_serializer)
+    raise ValueError("escrow.v1 has no client-streaming methods")
+
+
+class _Registrar:
+    """Stands in for the server while the generated add_*Servicer_to_server functions register their
+    handlers, so that each can be wrapped (_refuse_undecodable) before the real server sees it."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Unused: the registered handlers below are added as generic ones too."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        wrapped = {name: _refuse_undecodable(h) for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
+
+
 def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
     """A started gRPC server for ``node`` on ``address`` (port 0 picks a free port); returns it and the
     port. Health (every escrow.v1 service SERVING until the node halts) and reflection are on. Raises
@@ -438,12 +513,12 @@ def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicers = Servicers(node)
-    attestation_pb2_grpc.add_AttestationServicer_to_server(servicers, server)
-    registry_pb2_grpc.add_RegistryServicer_to_server(servicers, server)
-    notes_pb2_grpc.add_NotesServicer_to_server(servicers, server)
-    charging_pb2_grpc.add_ChargingServicer_to_server(servicers, server)
-    ledger_pb2_grpc.add_LedgerServicer_to_server(servicers, server)
+    servicers, registrar = Servicers(node), _Registrar(server)
+    attestation_pb2_grpc.add_AttestationServicer_to_server(servicers, registrar)
+    registry_pb2_grpc.add_RegistryServicer_to_server(servicers, registrar)
+    notes_pb2_grpc.add_NotesServicer_to_server(servicers, registrar)
+    charging_pb2_grpc.add_ChargingServicer_to_server(servicers, registrar)
+    ledger_pb2_grpc.add_LedgerServicer_to_server(servicers, registrar)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
