@@ -101,7 +101,6 @@ MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_LIVE_SESSIONS = 10_000  # open sessions in all (each is held in enclave memory)
 MAX_LIVE_SESSIONS_PER_POLE = 16  # open sessions per pole: a pole charges one car per EVSE at a time
 SETTLED_CACHE = 256  # settled sessions' receipts kept in memory after being read
-STATES = ("OPENED", "ATTACHED", "CHARGING", "CLOSING", "SETTLED")
 REGISTER_RESOLUTION = {"kWh": Decimal("0.001"), "Wh": Decimal(1)}  # the coverage limit's step: 1 Wh
 
 # --- wire formats between the host and the engine ----------------------------------------------------

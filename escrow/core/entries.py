@@ -18,7 +18,7 @@ what it decided and its proofs. docs/ledger.md is the reference; keep the two in
 
 Note outputs by index (note_id = SHA-256("escrow.v1/note" || entry_hash || index)): MINT 0 = the note;
 OPEN 0 = the change note, 1 = the deposit D (spent only by its SETTLE); SETTLE 0 = the pole's note,
-1 = the refund note. Every note's envelope and one-time key use ``note_context`` (below).
+1 = the refund note. Every note's envelope and one-time key use ``escrow.core.notes.note_context``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from escrow.core.encoding import U8, U16, U32, U64, BodyError, Bytes, Fixed, ListOf, Text, decode, encode
 from escrow.core.errors import CoreError
-from escrow.core.notes import MintBody, note_context, note_id
+from escrow.core.notes import MintBody, note_id
 from escrow.core.registry import PoleBody
 from escrow.core.spending import OpenBody, RedeemBody
 
@@ -107,8 +107,6 @@ REDEEM_PAYLOAD_SCHEMA = (
     ("owner_signatures", ListOf(Fixed(64), 16)),
     ("amount_proof", Fixed(64)),
 )
-__all__ = ["note_context"]  # re-exported: the payload formats name it
-
 SCHEMAS: dict[str, Any] = {
     "GENESIS": GENESIS_SCHEMA,
     "KEY": KEY_SCHEMA,

@@ -32,7 +32,7 @@ message is ``signed_message(kind, chain_id, body)``; every envelope to or from t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from escrow.core.encoding import U64, BodyError, Bytes, Fixed, ListOf, Text, decode, encode
 from escrow.core.errors import CoreError
@@ -113,8 +113,6 @@ RECEIPT_ENVELOPE_SCHEMA = (
     ("signature", Fixed(64)),
     ("records", ListOf(Bytes(MAX_RECORD_BYTES), MAX_RECORDS_PER_SESSION)),
 )
-
-T = TypeVar("T")
 
 
 def _decode(schema: Any, data: bytes, what: str, reason: str, max_len: int = 1 << 20) -> dict[str, Any]:

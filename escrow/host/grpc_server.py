@@ -133,6 +133,17 @@ class Servicers(
     def _now(self) -> int:
         return self.node.clock()
 
+    def _mutate(self, method: str, request: Any, schema: Any, fields: dict[str, Any], ecall: str) -> bytes:
+        """A mutating call through the node's idempotency (the key hashes the request's deterministic
+        serialisation); the ecall payload is ``fields`` with the idempotency key and the host's time."""
+        return self.node.mutate(
+            method,
+            request.request_id,
+            request.SerializeToString(deterministic=True),
+            lambda key: encode(schema, {"idempotency": key, "now_ms": self._now(), **fields}),
+            ecall,
+        )
+
     # --- Attestation ------------------------------------------------------------------------------
 
     @_guard
@@ -176,25 +187,13 @@ class Servicers(
             "operator_signature": request.operator_signature,
             "pop_record": request.meter_pop_record,
         }
-        result = self.node.mutate(
-            "RegisterPole",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.REGISTER_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "register_pole",
-        )
+        result = self._mutate("RegisterPole", request, eng.REGISTER_CALL, fields, "register_pole")
         return registry_pb2.RegisterPoleResponse(entry=_entry_ref(result))
 
     @_guard
     def PublishTariff(self, request: registry_pb2.PublishTariffRequest, context: grpc.ServicerContext) -> Any:
         fields = {"tariff_body": request.tariff_body, "operator_signature": request.operator_signature}
-        result = self.node.mutate(
-            "PublishTariff",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.TARIFF_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "publish_tariff",
-        )
+        result = self._mutate("PublishTariff", request, eng.TARIFF_CALL, fields, "publish_tariff")
         return registry_pb2.PublishTariffResponse(tariff_hash=result)
 
     @_guard
@@ -231,13 +230,7 @@ class Servicers(
             "amount_proof": request.amount_proof,
             "envelope": request.envelope,
         }
-        result = self.node.mutate(
-            "Mint",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.MINT_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "mint",
-        )
+        result = self._mutate("Mint", request, eng.MINT_CALL, fields, "mint")
         v = decode(eng.MINT_RESULT, result)
         return notes_pb2.MintResponse(
             entry=common_pb2.EntryRef(height=v["height"], entry_hash=v["entry_hash"]), note_id=v["note_id"]
@@ -251,13 +244,7 @@ class Servicers(
             "owner_signatures": list(request.owner_signatures),
             "amount_proof": request.amount_proof,
         }
-        result = self.node.mutate(
-            "Redeem",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.REDEEM_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "redeem",
-        )
+        result = self._mutate("Redeem", request, eng.REDEEM_CALL, fields, "redeem")
         return notes_pb2.RedeemResponse(entry=_entry_ref(result))
 
     @_guard
@@ -300,13 +287,7 @@ class Servicers(
             "change_envelope": request.change_envelope,
             "enclave_envelope": request.enclave_envelope,
         }
-        result = self.node.mutate(
-            "Open",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.OPEN_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "open",
-        )
+        result = self._mutate("Open", request, eng.OPEN_CALL, fields, "open")
         v = decode(eng.OPEN_RESULT, result)
         return charging_pb2.OpenResponse(
             entry=common_pb2.EntryRef(height=v["height"], entry_hash=v["entry_hash"]),
@@ -316,13 +297,7 @@ class Servicers(
     @_guard
     def Attach(self, request: charging_pb2.AttachRequest, context: grpc.ServicerContext) -> Any:
         fields = {"session_id": request.session_id, "attach_envelope": request.attach_envelope}
-        result = self.node.mutate(
-            "Attach",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.ATTACH_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "attach",
-        )
+        result = self._mutate("Attach", request, eng.ATTACH_CALL, fields, "attach")
         return charging_pb2.AttachResponse(ack=_signed_ack(result))
 
     def StreamReadings(
@@ -362,13 +337,7 @@ class Servicers(
     def Stop(self, request: charging_pb2.StopRequest, context: grpc.ServicerContext) -> Any:
         _check_deadline(context)
         fields = {"stop_body": request.stop_body, "signature": request.signature}
-        result = self.node.mutate(
-            "Stop",
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            lambda key: encode(eng.STOP_CALL, {"idempotency": key, "now_ms": self._now(), **fields}),
-            "stop",
-        )
+        result = self._mutate("Stop", request, eng.STOP_CALL, fields, "stop")
         v = decode(eng.STATE_RESULT, result)
         return charging_pb2.StopResponse(state=_STATES[v["state"]], receipt_envelope=v["receipt_envelope"])
 
