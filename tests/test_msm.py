@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -413,6 +415,65 @@ def test_window_table(window_tables: list[WindowTable], k: int) -> None:
 def test_window_table_random(window_tables: list[WindowTable], k: int) -> None:
     for table in window_tables:
         assert plain(table.mul(k)) == jaffine(g1.scalar_mul(table.base, k))
+
+
+def _race(threads: int, target: Any) -> None:
+    """Run ``target`` in ``threads`` threads released together (as a server's request threads are)."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            target()
+        except BaseException as e:  # reported below, never lost in a thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+
+
+def test_window_table_built_once_under_concurrent_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server's first requests all meet the unbuilt table at once; each building its own copy made
+    # the first OPENs of a loaded server take seconds. One builds, the others wait and share it.
+    table = WindowTable(BASES[1], window=4)
+    builds = []
+    original = WindowTable._build_locked
+
+    def counting(self: WindowTable) -> None:
+        builds.append(1)
+        time.sleep(0.05)  # widen the window in which a racing thread would start its own build
+        original(self)
+
+    monkeypatch.setattr(WindowTable, "_build_locked", counting)
+    _race(8, lambda: table.points_for(5))
+    assert len(builds) == 1
+    assert plain(table.mul(12345)) == jaffine(g1.scalar_mul(BASES[1], 12345))
+
+
+def test_fixed_bases_extended_concurrently_stay_aligned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two threads extending at once used to append the same bases twice, so table i stopped
+    # being base i's once the set grew further: wrong MSMs, not just wasted work.
+    import zk.msm as msm_module
+
+    real_double_n = msm_module.batch_double_n
+
+    def slow_double_n(points: Any, n: int) -> Any:
+        time.sleep(0.001)
+        return real_double_n(points, n)
+
+    monkeypatch.setattr(msm_module, "batch_double_n", slow_double_n)
+    bases = FixedBases(list(BASES[:4]))
+    _race(6, lambda: bases.extend_to(4))
+    assert len(bases.tables) == 4 and len(bases.comb) == 4
+    bases.bases = list(BASES[:6])
+    bases.extend_to(6)
+    ks = [3, 5, 7, 11, 13, 17]
+    assert jaffine(bases.msm(ks)) == naive(list(BASES[:6]), ks)
 
 
 @pytest.mark.parametrize("length", [1, 7, 16, 128, 130])

@@ -11,6 +11,7 @@ Both are variable-time.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from gmpy2 import mpz
@@ -152,6 +153,7 @@ class FixedBases:
         self.bases = list(bases)
         self.tables: list[list[Point]] = []  # per base: [+T_0, ..., +T_31] then [-T_0, ..., -T_31]
         self.comb: list[list[Point]] = []  # per base: 1024 points, index 0 unused
+        self._extend_lock = threading.RLock()  # two threads extending at once would append twice
 
     def extend_to(self, count: int) -> None:
         """Build the tables of the first ``count`` bases (built lazily, kept for the process)."""
@@ -159,6 +161,12 @@ class FixedBases:
         self._extend_comb(min(count, COMB_MAX_BASES))
 
     def _extend_windows(self, count: int) -> None:
+        if count <= len(self.tables):
+            return
+        with self._extend_lock:
+            self._extend_windows_locked(count)
+
+    def _extend_windows_locked(self, count: int) -> None:
         start = len(self.tables)
         if count <= start:
             return
@@ -172,6 +180,12 @@ class FixedBases:
             self.tables.append(pos + [(x, P - y) for x, y in pos])
 
     def _extend_comb(self, count: int) -> None:
+        if count <= len(self.comb):
+            return
+        with self._extend_lock:
+            self._extend_comb_locked(count)
+
+    def _extend_comb_locked(self, count: int) -> None:
         start = len(self.comb)
         if count <= start:
             return
@@ -324,8 +338,14 @@ class WindowTable:
         self.half = 1 << (window - 1)
         self.offset = sum(self.half << (window * i) for i in range(self.windows))
         self.rows: list[list[Point]] = []
+        self._build_lock = threading.Lock()
 
     def _build(self) -> None:
+        with self._build_lock:  # threads that meet an unbuilt table wait for one build, not race it
+            if not self.rows:
+                self._build_locked()
+
+    def _build_locked(self) -> None:
         starts = [self.base]
         for _ in range(self.windows - 1):
             starts.append(batch_double_n([starts[-1]], self.window)[0])

@@ -554,6 +554,9 @@ class EscrowEngine:
         if self._started:
             raise EngineError("ENCLAVE_STARTED", "start is called once")
         v = _dec(START_SCHEMA, payload, "start")
+        # The G and H tables this interpreter needs for every OPEN (the deposit's opening) are built
+        # now, not by the first requests (with a proof pool, no proof ever runs here to build them).
+        pedersen.commit(0, 1)
         with self._lock:
             self._clock.observe_host(v["now_ms"])
             for live in self._live.values():
