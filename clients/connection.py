@@ -97,7 +97,7 @@ class Attested:
 
 
 class Connection:
-    """A channel to one escrow server with a stub per service."""
+    """A channel to one escrow server, over its own TCP connection, with a stub per service."""
 
     def __init__(self, target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.target = target
@@ -107,6 +107,9 @@ class Connection:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # its own TCP connection: gRPC would otherwise share one among every channel of the
+                # process to the same target, and with it the server's per-connection stream limit
+                ("grpc.use_local_subchannel_pool", 1),
             ],
         )
         self.attestation = attestation_pb2_grpc.AttestationStub(self.channel)

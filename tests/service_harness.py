@@ -7,9 +7,12 @@ measured MRENCLAVE pinned. Helpers register poles, fund wallets and drive sessio
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -24,13 +27,29 @@ from clients.pole import CheckedAck, Pole, check_ack
 from clients.wallet import Session, Wallet
 from enclave.verifier import Policy
 from escrow.core.session import AckBody
+from escrow.host.admission import Limits
 from escrow.host.grpc_server import create_server
-from escrow.host.node import EscrowNode, GenesisConfig
+from escrow.host.node import STORE_FILE, EscrowNode, GenesisConfig
 from escrow.v1 import charging_pb2
 
 CURRENCY = "EUR"
 PRICE_NUMERATOR = 39 * 1_000_000  # 0.39 EUR per kWh = 39 cents
 SESSION_FEE = 50
+
+
+def store_digest(h: Harness) -> str:
+    """A byte-exact digest of the store: every row of every table, sorted, through a read-only connection."""
+    path = h.data_dir / STORE_FILE
+    digest = hashlib.sha256()
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        tables = [
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        assert {"entries", "notes", "sealed", "idempotency", "sessions", "mint_references"} <= set(tables)
+        for table in tables:
+            rows = sorted(repr(row) for row in db.execute(f'SELECT * FROM "{table}"'))
+            digest.update(repr((table, rows)).encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -46,13 +65,20 @@ class Harness:
     attested: Attested | None = None
     poles: list[Pole] = field(default_factory=list)
     proof_workers: int = 0
+    limits: Limits | None = None
 
     @classmethod
     def start(
-        cls, tmp: Path, *, grace_ms: int = 120_000, tick_interval_s: float = 0.2, proof_workers: int = 0
+        cls,
+        tmp: Path,
+        *,
+        grace_ms: int = 120_000,
+        tick_interval_s: float = 0.2,
+        proof_workers: int = 0,
+        limits: Limits | None = None,
     ) -> Harness:
         h = cls(tmp / "data", tmp / "nv", Issuer(os.urandom(32)), grace_ms)
-        h.proof_workers = proof_workers
+        h.proof_workers, h.limits = proof_workers, limits
         h.boot(tick_interval_s)
         return h
 
@@ -67,7 +93,7 @@ class Harness:
             tick_interval_s=tick_interval_s,
             proof_workers=self.proof_workers,
         )
-        self.server, self.port = create_server(self.node, "127.0.0.1:0")
+        self.server, self.port = create_server(self.node, "127.0.0.1:0", self.limits)
         self.conn = Connection(f"127.0.0.1:{self.port}")
         self.attested = self.conn.attest(self.policy())
 

@@ -191,6 +191,10 @@ def test_a_new_chain_needs_an_issuer_key(tmp_path: Path) -> None:
         (["--listen", "127.0.0.1:0", "--issuer-key", "abcd"], "an issuer key is 32 bytes"),
         (["--listen", "127.0.0.1:0", "--issuer-key", "zz" * 32], "an issuer key is hex"),
         (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--grace-s", "-1"], "--grace-s"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-rate", "0"], "--peer-rate is 1 to"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-burst", "0"], "--peer-burst is 1"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--stream-idle-s", "0"], "--stream-idle-s"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--proof-workers", "-1"], "--proof-workers"),
     ],
 )
 def test_bad_usage_exits_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -16,10 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -27,7 +25,7 @@ from functools import partial
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from service_harness import CURRENCY, PRICE_NUMERATOR, SESSION_FEE, Harness
+from service_harness import CURRENCY, PRICE_NUMERATOR, SESSION_FEE, Harness, store_digest
 
 from clients.connection import EscrowError, call, error_from
 from clients.issuer import Issuer
@@ -51,7 +49,6 @@ from escrow.core.settlement import proof_context
 from escrow.core.signing import ed25519_key_id, ed25519_public_key, ed25519_sign, signed_message
 from escrow.core.spending import OpenBody, RedeemBody, open_message, redeem_message, redeem_proof_context
 from escrow.core.tariff import Tariff, sign_tariff
-from escrow.host.node import STORE_FILE
 from escrow.v1 import attestation_pb2, charging_pb2, ledger_pb2, notes_pb2, notes_pb2_grpc, registry_pb2
 from zk import bn254, envelope, pedersen, rangeproof, schnorr, stealth
 from zk.errors import EncodingError
@@ -68,21 +65,6 @@ class State:
     store: str  # SHA-256 over every row of every table
     height: int  # the ledger head the server reports
     wallets: tuple[tuple[int, tuple[bytes, ...]], ...]  # (balance, unspent note ids) after a scan
-
-
-def store_digest(h: Harness) -> str:
-    """A byte-exact digest of the store: every row of every table, sorted, through a read-only connection."""
-    path = h.data_dir / STORE_FILE
-    digest = hashlib.sha256()
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        tables = [
-            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        ]
-        assert {"entries", "notes", "sealed", "idempotency", "sessions", "mint_references"} <= set(tables)
-        for table in tables:
-            rows = sorted(repr(row) for row in db.execute(f'SELECT * FROM "{table}"'))
-            digest.update(repr((table, rows)).encode())
-    return digest.hexdigest()
 
 
 def state(h: Harness, wallets: Sequence[Wallet]) -> State:

@@ -5,9 +5,10 @@ through the node (``EscrowNode.call`` / ``mutate``), and turns the answer into t
 Refusals become one status with a ``google.rpc.ErrorInfo`` carrying the stable reason (errors.py).
 Public reads (the ledger, note envelopes, the head) come straight from the store: they are public.
 
-Limits (DESIGN §10): the server refuses messages above ``MAX_MESSAGE_BYTES``, serves at most
-``MAX_CONCURRENT_STREAMS`` streams per connection, and refuses an expensive call whose remaining
-deadline is below ``MIN_DEADLINE_S`` (DEADLINE_TOO_SHORT) before doing any of it.
+Limits (DESIGN §10): the server refuses messages above ``MAX_MESSAGE_BYTES``, and an expensive call
+whose remaining deadline is below ``MIN_DEADLINE_S`` (DEADLINE_TOO_SHORT) before doing any of it.
+Streams per connection, calls in flight, streaming slots, idle streams and the per-peer request rate
+are escrow.host.admission's (``Limits``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -29,6 +31,7 @@ from enclave.trusted.keybundle import KeyBundleError, check_nonce
 from escrow.core import engine as eng
 from escrow.core.encoding import BodyError, decode, encode
 from escrow.core.errors import CoreError
+from escrow.host.admission import IdleMonitor, IdleWatch, Limits, RateLimiter, StreamSlots, peer_host
 from escrow.host.errors import DOMAIN, status_for
 from escrow.host.node import EscrowNode, HostError
 from escrow.host.store import MAX_PAGE_ENTRIES, MAX_PAGE_NOTES, StoreError
@@ -49,8 +52,6 @@ from escrow.v1 import (
 log = logging.getLogger("escrow.server")
 
 MAX_MESSAGE_BYTES = 4 << 20
-MAX_CONCURRENT_STREAMS = 64
-MAX_WORKERS = 32
 MIN_DEADLINE_S = 0.05
 MAX_READINGS_PER_STREAM = 100_000
 SERVICE_NAMES = tuple(
@@ -411,16 +412,53 @@ def _safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _refuse_undecodable(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler, but a request that does not parse gets INVALID_ARGUMENT REQUEST_MALFORMED
-    (gRPC's own answer would be INTERNAL, and its failed stream would keep a connection slot)."""
-    if handler.request_deserializer is None:
-        return handler
-    deserializer = _safe_deserializer(handler.request_deserializer)
+class _Gate:
+    """The admission state of one server (escrow.host.admission), applied to every handler."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.rate = RateLimiter(limits.peer_rate, limits.peer_burst)
+        self.streams = StreamSlots(limits.stream_slots)
+        self.idle = IdleMonitor(limits.stream_idle_s)
+
+    def take(self, context: grpc.ServicerContext) -> None:
+        """One request's token from its peer's bucket, or the call ends RATE_LIMITED."""
+        try:
+            self.rate.take(peer_host(context.peer()))
+        except HostError as e:
+            abort(context, e.reason, e.detail)
+
+    @contextmanager
+    def stream(self, context: grpc.ServicerContext) -> Iterator[IdleWatch]:
+        """A streaming slot for the call's life and an idle watch that cancels it when it goes quiet."""
+        try:
+            self.streams.acquire()
+        except HostError as e:
+            abort(context, e.reason, e.detail)
+
+        def cancel_idle() -> None:
+            log.warning("cancelling a stream idle for %g s", self.limits.stream_idle_s)
+            context.cancel()
+
+        watch = self.idle.watch(cancel_idle)
+        try:
+            yield watch
+        finally:
+            self.idle.unwatch(watch)
+            self.streams.release()
+
+
+def _admitted(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler behind the gate (rate, streaming slots, idle streams), and a request that
+    does not parse gets INVALID_ARGUMENT REQUEST_MALFORMED (gRPC's own answer would be INTERNAL, and its
+    failed stream would keep a connection slot)."""
+    parse = handler.request_deserializer
+    deserializer = _safe_deserializer(parse) if parse is not None else None
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
         def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            gate.take(context)
             if request is _UNDECODABLE:
                 abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
             return unary(request, context)
@@ -430,22 +468,33 @@ def _refuse_undecodable(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMet
         unary_stream_behavior = handler.unary_stream
 
         def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            gate.take(context)
             if request is _UNDECODABLE:
                 abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
-            yield from unary_stream_behavior(request, context)
+            with gate.stream(context) as watch:
+                for response in unary_stream_behavior(request, context):
+                    yield response
+                    watch.touch()
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, handler.response_serializer)
     if handler.stream_stream is not None:
         stream_behavior = handler.stream_stream
 
-        def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        def checked(
+            requests: Iterator[Any], context: grpc.ServicerContext, watch: IdleWatch
+        ) -> Iterator[Any]:
             for request in requests:
+                watch.touch()
+                gate.take(context)
                 if request is _UNDECODABLE:
                     abort(context, "REQUEST_MALFORMED", "a message is not a valid protobuf message")
                 yield request
 
         def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            yield from stream_behavior(checked(requests, context), context)
+            with gate.stream(context) as watch:
+                for response in stream_behavior(checked(requests, context, watch), context):
+                    yield response
+                    watch.touch()
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, handler.response_serializer)
     raise ValueError("escrow.v1 has no client-streaming methods")
@@ -453,10 +502,10 @@ def _refuse_undecodable(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMet
 
 class _Registrar:
     """Stands in for the server while the generated add_*Servicer_to_server functions register their
-    handlers, so that each can be wrapped (_refuse_undecodable) before the real server sees it."""
+    handlers, so that each can be wrapped (_admitted) before the real server sees it."""
 
-    def __init__(self, server: grpc.Server) -> None:
-        self._server = server
+    def __init__(self, server: grpc.Server, gate: _Gate) -> None:
+        self._server, self._gate = server, gate
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Unused: the registered handlers below are added as generic ones too."""
@@ -464,32 +513,38 @@ class _Registrar:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
-        wrapped = {name: _refuse_undecodable(h) for name, h in handlers.items()}
+        wrapped = {name: _admitted(h, self._gate) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
 
 
-def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
+def create_server(
+    node: EscrowNode, address: str = "127.0.0.1:0", limits: Limits | None = None
+) -> tuple[grpc.Server, int]:
     """A started gRPC server for ``node`` on ``address`` (port 0 picks a free port); returns it and the
-    port. Health (every escrow.v1 service SERVING until the node halts) and reflection are on. Raises
-    OSError if the address cannot be bound."""
+    port. Health (every escrow.v1 service SERVING until the node halts) and reflection are on, behind
+    the same admission limits (escrow.host.admission; ``limits`` defaults to Limits()). Raises OSError
+    if the address cannot be bound."""
+    limits = limits or Limits()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="escrow-rpc"),
+        futures.ThreadPoolExecutor(max_workers=limits.rpc_threads, thread_name_prefix="escrow-rpc"),
+        maximum_concurrent_rpcs=limits.rpc_threads,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.max_concurrent_streams", limits.connection_streams),
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicers, registrar = Servicers(node), _Registrar(server)
+    gate = _Gate(limits)
+    servicers, registrar = Servicers(node), _Registrar(server, gate)
     attestation_pb2_grpc.add_AttestationServicer_to_server(servicers, registrar)
     registry_pb2_grpc.add_RegistryServicer_to_server(servicers, registrar)
     notes_pb2_grpc.add_NotesServicer_to_server(servicers, registrar)
     charging_pb2_grpc.add_ChargingServicer_to_server(servicers, registrar)
     ledger_pb2_grpc.add_LedgerServicer_to_server(servicers, registrar)
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)  # type: ignore[arg-type]
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -499,7 +554,8 @@ def create_server(node: EscrowNode, address: str = "127.0.0.1:0") -> tuple[grpc.
 
     node.on_halt.append(not_serving)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        registrar,  # type: ignore[arg-type]
     )
     try:
         port = server.add_insecure_port(address)

@@ -35,6 +35,7 @@ from enclave.host import LOCK_FILE, EnclaveHost
 from enclave.measurement import EnclaveConfig
 from enclave.trusted.keybundle import check_nonce
 from escrow.core.errors import CoreError
+from escrow.host.admission import Limits
 from escrow.host.grpc_server import create_server
 from escrow.host.node import STORE_FILE, EscrowNode, GenesisConfig
 from escrow.host.store import Store
@@ -340,6 +341,18 @@ def start_node(args: argparse.Namespace, data_dir: Path) -> EscrowNode:
 # --- serve ------------------------------------------------------------------------------------------
 
 
+def server_limits(args: argparse.Namespace) -> Limits:
+    """The transport limits from --peer-rate, --peer-burst and --stream-idle-s (exit 2 if out of range)."""
+    for flag, value, low, high in (
+        ("--peer-rate", args.peer_rate, 1, 1_000_000),
+        ("--peer-burst", args.peer_burst, 1, 1_000_000),
+        ("--stream-idle-s", args.stream_idle_s, 1, 86_400),
+    ):
+        if not low <= value <= high:
+            raise CliError(f"{flag} is {low} to {high:,}", EXIT_USAGE)
+    return Limits(peer_rate=args.peer_rate, peer_burst=args.peer_burst, stream_idle_s=args.stream_idle_s)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return _serve(args)
@@ -352,6 +365,7 @@ def _serve(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     data_dir = Path(args.data_dir)
     check_listen(listen, args.listen)
+    limits = server_limits(args)
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     received: list[str] = []
@@ -365,7 +379,7 @@ def _serve(args: argparse.Namespace) -> int:
         node = start_node(args, data_dir)
         try:
             try:
-                server, port = create_server(node, listen.with_port(listen.port))
+                server, port = create_server(node, listen.with_port(listen.port), limits)
             except (RuntimeError, OSError):
                 raise CliError(_in_use_message(args.listen, maybe=True)) from None
             try:
@@ -474,6 +488,30 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         help="the longest session deadline an OPEN may ask for, in whole seconds (default 86400)",
+    )
+    p.add_argument(
+        "--peer-rate",
+        metavar="N",
+        type=int,
+        default=int(Limits.peer_rate),
+        help=f"requests per second one peer host may make, every message of a stream counted (default "
+        f"{int(Limits.peer_rate)}; beyond it RATE_LIMITED)",
+    )
+    p.add_argument(
+        "--peer-burst",
+        metavar="N",
+        type=int,
+        default=Limits.peer_burst,
+        help=f"requests a peer host may make at once before --peer-rate applies "
+        f"(default {Limits.peer_burst})",
+    )
+    p.add_argument(
+        "--stream-idle-s",
+        metavar="N",
+        type=int,
+        default=int(Limits.stream_idle_s),
+        help=f"whole seconds a streaming call may stay silent before the server cancels it (default "
+        f"{int(Limits.stream_idle_s)})",
     )
     p.add_argument(
         "--proof-workers",

@@ -1,0 +1,379 @@
+"""Transport limits and back-pressure (issue 6, DESIGN §10): each limit holds, and its error is clear.
+
+Over real gRPC on port 0 with small limits: streams per connection, calls in flight, streaming slots,
+idle streams, the per-peer request rate and the minimum deadline; the message-size limit is in
+test_service_bad_input (an oversized Mint). Every refusal leaves the store byte-identical. The open
+session limits are in test_session_limits. Below them, unit tests of escrow.host.admission.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from service_harness import Harness, store_digest
+
+from clients.connection import Connection, EscrowError, call, error_from
+from clients.wallet import Wallet
+from escrow.host import admission
+from escrow.host.admission import IdleMonitor, Limits, RateLimiter, StreamSlots, peer_host
+from escrow.v1 import charging_pb2, ledger_pb2
+
+Code = grpc.StatusCode
+
+
+class HeldStreams:
+    """StreamReadings calls that send nothing until released: each holds its server thread and slot."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.release = threading.Event()
+        self.calls: list[Any] = []
+
+    def _quiet(self) -> Iterator[charging_pb2.ReadingEnvelope]:
+        self.release.wait(30)
+        return
+        yield  # a generator that ends without a message once released
+
+    def open(self, timeout: float = 30) -> Any:
+        call_ = self.conn.charging.StreamReadings(self._quiet(), timeout=timeout)
+        self.calls.append(call_)
+        return call_
+
+    def close(self) -> None:
+        self.release.set()
+        for c in self.calls:
+            assert list(c) == []  # ended normally: no reading, no ACK, status OK
+
+
+@pytest.fixture
+def admitted(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
+    """Released once for every streaming slot the server grants, so a test can wait for admission."""
+    granted = threading.Semaphore(0)
+    acquire = StreamSlots.acquire
+
+    def counting(self: StreamSlots) -> None:
+        acquire(self)
+        granted.release()
+
+    monkeypatch.setattr(StreamSlots, "acquire", counting)
+    return granted
+
+
+def wait_admitted(granted: threading.Semaphore, count: int) -> None:
+    for _ in range(count):
+        assert granted.acquire(timeout=10), "the server never admitted the stream"
+
+
+def head(conn: Connection, timeout: float = 10) -> int:
+    return int(conn.ledger.GetHead(ledger_pb2.GetHeadRequest(), timeout=timeout).head.height)
+
+
+def refusal(fn: Any) -> EscrowError:
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return error_from(e)
+    except EscrowError as e:
+        return e
+    raise AssertionError("the call was not refused")
+
+
+def unknown_reading() -> charging_pb2.ReadingEnvelope:
+    return charging_pb2.ReadingEnvelope(session_id=bytes(16), sequence=1, envelope=b"x")
+
+
+# --- streams per connection ---------------------------------------------------------------------
+
+
+def test_a_connection_holds_at_most_its_streams_and_other_connections_go_on(
+    tmp_path: Path, admitted: threading.Semaphore
+) -> None:
+    h = Harness.start(tmp_path, limits=Limits(connection_streams=2))
+    try:
+        with Connection(f"127.0.0.1:{h.port}") as busy:
+            held = HeldStreams(busy)
+            held.open()
+            held.open()
+            wait_admitted(admitted, 2)
+            # the third call on the same connection waits for a stream and meets its deadline
+            e = refusal(lambda: head(busy, timeout=1.0))
+            assert e.code == Code.DEADLINE_EXCEEDED
+            assert head(h.c) >= 0  # another connection is served meanwhile
+            held.close()
+            assert head(busy) >= 0  # a stream ended: the waiting kind of call goes through again
+    finally:
+        h.stop()
+
+
+# --- streaming slots and calls in flight ----------------------------------------------------------
+
+
+def test_streams_beyond_the_slots_are_refused_and_unary_calls_still_served(
+    tmp_path: Path, admitted: threading.Semaphore
+) -> None:
+    h = Harness.start(tmp_path, limits=Limits(rpc_threads=4, stream_slots=2))
+    try:
+        before = store_digest(h)
+        held = HeldStreams(h.c)
+        held.open()
+        held.open()
+        wait_admitted(admitted, 2)
+        e = refusal(lambda: list(h.c.charging.StreamReadings(iter([unknown_reading()]), timeout=10)))
+        assert (e.code, e.reason) == (Code.RESOURCE_EXHAUSTED, "STREAMS_LIMIT"), e.message
+        assert "2 streaming calls" in e.message
+        e = refusal(lambda: list(h.c.ledger.StreamEntries(ledger_pb2.StreamEntriesRequest(), timeout=10)))
+        assert e.reason == "STREAMS_LIMIT"  # server streams share the slots
+        assert head(h.c) >= 0  # the threads kept back for unary calls serve them
+        assert store_digest(h) == before
+        held.close()
+        # the slots are free again: a stream is admitted (and refused for its content, not the limit)
+        e = refusal(lambda: list(h.c.charging.StreamReadings(iter([unknown_reading()]), timeout=10)))
+        assert e.reason != "STREAMS_LIMIT" and e.code != Code.RESOURCE_EXHAUSTED
+    finally:
+        h.stop()
+
+
+def test_calls_beyond_the_threads_are_refused_at_once_not_queued(
+    tmp_path: Path, admitted: threading.Semaphore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness.start(tmp_path, limits=Limits(rpc_threads=3, stream_slots=2))
+    try:
+        assert h.node is not None
+        store = h.node.store
+        entered, unblock = threading.Semaphore(0), threading.Event()
+        chain_head = store.chain_head
+
+        def slow_head() -> Any:
+            entered.release()
+            unblock.wait(30)
+            return chain_head()
+
+        monkeypatch.setattr(store, "chain_head", slow_head)
+        held = HeldStreams(h.c)
+        held.open()
+        held.open()
+        wait_admitted(admitted, 2)
+        slow = threading.Thread(target=head, args=(h.c,))
+        slow.start()
+        assert entered.acquire(timeout=10)  # three calls hold all three threads
+        t = time.monotonic()
+        e = refusal(lambda: head(h.c, timeout=20))
+        assert e.code == Code.RESOURCE_EXHAUSTED and "Concurrent RPC limit exceeded" in e.message
+        assert time.monotonic() - t < 5  # refused at once, not after waiting for a thread
+        unblock.set()
+        slow.join(10)
+        held.close()
+        monkeypatch.setattr(store, "chain_head", chain_head)
+        assert head(h.c) >= 0
+    finally:
+        h.stop()
+
+
+# --- idle streams ---------------------------------------------------------------------------------
+
+
+def test_an_idle_stream_is_cancelled_and_its_slot_freed(
+    tmp_path: Path, admitted: threading.Semaphore
+) -> None:
+    h = Harness.start(tmp_path, limits=Limits(rpc_threads=4, stream_slots=1, stream_idle_s=0.5))
+    try:
+        held = HeldStreams(h.c)
+        quiet = held.open(timeout=20)
+        wait_admitted(admitted, 1)
+        t = time.monotonic()
+        e = refusal(lambda: list(quiet))
+        assert e.code == Code.CANCELLED
+        assert time.monotonic() - t < 10
+        held.release.set()
+        # its slot is back: the next stream is admitted and judged on its content
+        e = refusal(lambda: list(h.c.charging.StreamReadings(iter([unknown_reading()]), timeout=10)))
+        assert e.reason != "STREAMS_LIMIT"
+    finally:
+        h.stop()
+
+
+def test_a_stream_that_keeps_talking_is_not_idle(tmp_path: Path) -> None:
+    h = Harness.start(tmp_path, limits=Limits(stream_idle_s=0.6))
+    try:
+        wallet = Wallet(bytes(range(32)))
+        h.fund(wallet, 500)
+        pole = h.new_pole()
+        session = h.open_session(wallet, pole, 300)
+        call(h.c.charging.Attach, pole.attach_request(h.a, session.session_id))
+        records = [pole.meter.begin(session.session_id)]
+        for _ in range(3):
+            pole.meter.advance(Decimal("0.1"))
+            records.append(pole.meter.reading())
+
+        def paced() -> Iterator[charging_pb2.ReadingEnvelope]:
+            for r in records:  # 0.3 s apart: 1.2 s in all, twice the idle limit, never 0.6 s quiet
+                yield pole.reading_envelope(h.a, session.session_id, r)
+                time.sleep(0.3)
+
+        acks = list(h.c.charging.StreamReadings(paced(), timeout=30))
+        assert len(acks) == len(records)
+    finally:
+        h.stop()
+
+
+# --- the per-peer request rate --------------------------------------------------------------------
+
+
+def test_a_peer_over_its_rate_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    h = Harness.start(tmp_path, limits=Limits(peer_rate=2, peer_burst=12))
+    try:
+        wallet = Wallet(bytes(32))
+        for _ in range(20):  # the burst runs out within these
+            try:
+                head(h.c)
+            except grpc.RpcError as rpc_error:
+                e = error_from(rpc_error)
+                break
+        else:
+            raise AssertionError("12 requests in a burst, then 2/s: the peer was never limited")
+        assert (e.code, e.reason) == (Code.RESOURCE_EXHAUSTED, "RATE_LIMITED"), e.message
+        assert "2 requests/s" in e.message and "retry in" in e.message
+        before = store_digest(h)
+        mint = h.issuer.mint_request(h.a, "EUR", wallet.address, 100)
+        e = refusal(lambda: call(h.c.notes.Mint, mint))  # a mutating call: refused before the enclave
+        assert e.reason == "RATE_LIMITED"
+        e = refusal(lambda: list(h.c.charging.StreamReadings(iter([unknown_reading()]), timeout=10)))
+        assert e.reason == "RATE_LIMITED"  # each message of a stream takes a token too
+        assert store_digest(h) == before
+        time.sleep(1.5)  # refilled at 2/s
+        call(h.c.notes.Mint, mint)
+        assert store_digest(h) != before
+    finally:
+        h.stop()
+
+
+# --- deadlines ------------------------------------------------------------------------------------
+
+
+def test_a_call_whose_deadline_cannot_be_met_is_refused_before_any_work(tmp_path: Path) -> None:
+    h = Harness.start(tmp_path)
+    try:
+        before = store_digest(h)
+        for _ in range(10):  # the client's own timer may fire first on a loaded machine: try again
+            try:
+                h.c.charging.Open(charging_pb2.OpenRequest(), timeout=0.045)
+            except grpc.RpcError as rpc_error:
+                e = error_from(rpc_error)
+                if e.reason is not None:
+                    break
+        else:
+            raise AssertionError("the server's refusal never arrived before the client's deadline")
+        assert (e.code, e.reason) == (Code.DEADLINE_EXCEEDED, "DEADLINE_TOO_SHORT"), e.message
+        assert store_digest(h) == before
+    finally:
+        h.stop()
+
+
+# --- admission, unit by unit ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"connection_streams": 0},
+        {"connection_streams": 2000},
+        {"rpc_threads": 1},
+        {"rpc_threads": 10_000},
+        {"stream_slots": 0},
+        {"rpc_threads": 8, "stream_slots": 8},  # no thread left for unary calls
+        {"stream_idle_s": 0},
+        {"peer_rate": 0},
+        {"peer_burst": 0},
+    ],
+)
+def test_limits_refuse_settings_that_cannot_work(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Limits(**bad)
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:50123", "ipv4:127.0.0.1"),
+        ("ipv4:10.0.0.7:1", "ipv4:10.0.0.7"),
+        ("ipv6:[::1]:50123", "ipv6:[::1]"),
+        ("ipv6:[2001:db8::5]:443", "ipv6:[2001:db8::5]"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+        ("", ""),
+    ],
+)
+def test_peer_host_ignores_the_port(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rate_limiter_burst_refill_and_separate_peers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=4, burst=3, clock=clock)
+    for _ in range(3):
+        limiter.take("a")
+    with pytest.raises(admission.HostError) as caught:
+        limiter.take("a")
+    assert caught.value.reason == "RATE_LIMITED" and "retry in 250 ms" in caught.value.detail
+    limiter.take("b")  # another peer has its own bucket
+    clock.t += 0.25
+    limiter.take("a")  # one token back after 1/rate s
+    with pytest.raises(admission.HostError):
+        limiter.take("a")
+    clock.t += 100
+    for _ in range(3):  # refilled to the burst, never beyond it
+        limiter.take("a")
+    with pytest.raises(admission.HostError):
+        limiter.take("a")
+
+
+def test_rate_limiter_forgets_idle_peers_beyond_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission, "MAX_TRACKED_PEERS", 10)
+    clock = FakeClock()
+    limiter = RateLimiter(rate=1, burst=5, clock=clock)
+    limiter.take("busy")
+    for i in range(10):
+        limiter.take(f"p{i}")
+    clock.t += 10  # everyone refilled
+    limiter.take("busy")
+    limiter.take("new")  # the 12th peer: the full buckets are dropped
+    assert len(limiter._buckets) <= 10
+
+
+def test_idle_monitor_calls_only_the_quiet_stream_once() -> None:
+    monitor = IdleMonitor(0.3)
+    quiet_calls, busy_calls = [], []
+    quiet = monitor.watch(lambda: quiet_calls.append(1))
+    busy = monitor.watch(lambda: busy_calls.append(1))
+    for _ in range(10):
+        busy.touch()
+        time.sleep(0.1)
+    monitor.unwatch(busy)
+    monitor.close()
+    assert quiet_calls == [1] and busy_calls == []
+    assert quiet is not busy
+
+
+def test_stream_slots_never_wait() -> None:
+    slots = StreamSlots(1)
+    slots.acquire()
+    t = time.monotonic()
+    with pytest.raises(admission.HostError) as caught:
+        slots.acquire()
+    assert caught.value.reason == "STREAMS_LIMIT" and time.monotonic() - t < 0.5
+    slots.release()
+    slots.acquire()
