@@ -100,6 +100,10 @@ MAX_RECORDS_PER_SESSION = 1_000  # the limit a session's readings are held to (D
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_LIVE_SESSIONS = 10_000  # open sessions in all (each is held in enclave memory)
 MAX_LIVE_SESSIONS_PER_POLE = 16  # open sessions per pole: a pole charges one car per EVSE at a time
+# open sessions over all the poles registered with one operator key (DESIGN §10 "per key": the only
+# stable public key in a session; vehicles use one-time keys), so one operator's poles cannot fill the
+# enclave
+MAX_LIVE_SESSIONS_PER_OPERATOR = 1_024
 SETTLED_CACHE = 256  # settled sessions' receipts kept in memory after being read
 REGISTER_RESOLUTION = {"kWh": Decimal("0.001"), "Wh": Decimal(1)}  # the coverage limit's step: 1 Wh
 
@@ -977,10 +981,27 @@ class EscrowEngine:
             return response
 
     def _check_session_limits(self, pole_id: str) -> None:
+        """The open-session limits of DESIGN §10: in all, per pole, per operator key. Counted over the live
+        set (every OPEN not yet settled, reloaded ones included), so a settled session frees its place.
+        The limits are read at each call (the module's globals). Global lock held; the pole exists."""
         if len(self._live) >= MAX_LIVE_SESSIONS:
             raise EngineError("SESSIONS_LIMIT", f"{MAX_LIVE_SESSIONS} sessions are open; try again later")
-        if sum(1 for s in self._live.values() if s.pole_id == pole_id) >= MAX_LIVE_SESSIONS_PER_POLE:
+        poles = self._poles
+        operator_key = poles[pole_id].body.operator_key
+        at_pole = at_operator = 0
+        for s in self._live.values():
+            if s.pole_id == pole_id:
+                at_pole += 1
+                at_operator += 1
+            elif poles[s.pole_id].body.operator_key == operator_key:
+                at_operator += 1
+        if at_pole >= MAX_LIVE_SESSIONS_PER_POLE:
             raise EngineError("SESSIONS_LIMIT", f"the pole has {MAX_LIVE_SESSIONS_PER_POLE} open sessions")
+        if at_operator >= MAX_LIVE_SESSIONS_PER_OPERATOR:
+            raise EngineError(
+                "SESSIONS_LIMIT",
+                f"the poles of this pole's operator have {MAX_LIVE_SESSIONS_PER_OPERATOR} open sessions",
+            )
 
     def _check_tag_free(self, tag: bytes) -> None:
         if tag in self._open_tags or tag in self._settled_tags:
