@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-service proto clean
+.PHONY: demo test lint bench bench-service bench-load proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)
 
 bench-service: $(STAMP)
 	$(PY) benchmarks/service_bench.py
+
+bench-load: $(STAMP)
+	$(PY) benchmarks/load.py --server-cores 2 --compare
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """Load: N concurrent vehicles and poles against one escrow server over loopback (issue 6).
 
-    python benchmarks/load.py [--sessions 50] [--readings 20] [--server-cores N] [--json]
+    python benchmarks/load.py [--sessions 50] [--readings 20] [--server-cores N] [--compare] [--json]
 
 The server is `escrow-server serve` in its own process, pinned to N cores (sched_setaffinity) with N
 proof-worker processes when N > 1 (escrow.host.workers; with N = 1 the proofs run in the server's own
@@ -9,7 +9,9 @@ mints, one pole per session with its registration and tariff, each vehicle's dep
 each pole's ATTACH, and every OCMF record signed and sealed. The timed phase runs every session at once,
 one thread per session: OPEN, ATTACH, then the readings one at a time (each after the previous ACK)
 until the end reading's ACK says SETTLED. It reports sessions and acknowledged readings per second,
-p50/p99 per RPC, the errors (they must be zero), and the audit of the whole ledger at the end.
+p50/p99 per RPC, the errors (they must be zero), the audit of the whole ledger at the end, and the CPU
+seconds the server (with its workers) and the load generator used in the timed phase. Each vehicle and
+pole is its own connection (clients.connection.Connection keeps a TCP connection per channel).
 """
 
 from __future__ import annotations
@@ -155,6 +157,20 @@ def run_session(
                 results.errors.append(f"{type(e).__name__}: {e}")
 
 
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server and its live children (the proof workers), from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid] + [int(c) for c in children.read_text().split()] if children.exists() else [pid]
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a child that just ended
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -162,19 +178,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--readings", type=int, default=20, help="records per session, B and end included")
-    parser.add_argument("--server-cores", type=int, default=1)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if args.readings < 2 or args.sessions < 1:
-        parser.error("at least one session of at least 2 readings")
+def run_load(sessions: int, readings: int, cores: int) -> dict[str, Any]:
+    """One server on ``cores`` cores running ``sessions`` concurrent sessions of ``readings`` records."""
     issuer = Issuer(os.urandom(32))
     with tempfile.TemporaryDirectory(prefix="escrow-load-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, announced = start_server(tmp, issuer.public_key, args.server_cores)
+        proc, announced = start_server(tmp, issuer.public_key, cores)
         try:
             policy = Policy(
                 root_ca_der=(tmp / "data" / "platform" / "root_ca.der").read_bytes(),
@@ -182,7 +191,7 @@ def main() -> int:
             )
             target = announced["address"]
             with Connection(target) as conn:
-                prepared = prepare(conn, policy, issuer, args.sessions, args.readings)
+                prepared = prepare(conn, policy, issuer, sessions, readings)
                 attested = conn.attest(policy)
             results, start = Results(), threading.Event()
             threads = [
@@ -192,47 +201,85 @@ def main() -> int:
             for thread in threads:
                 thread.start()
             time.sleep(0.5)  # every client connected
+            client0, server0 = os.times(), server_cpu_s(proc.pid)
             t0 = time.perf_counter()
             start.set()
             for thread in threads:
                 thread.join(timeout=900)
             elapsed = time.perf_counter() - t0
+            client1, server1 = os.times(), server_cpu_s(proc.pid)
             with Connection(target) as conn:
                 report = audit_target(conn, policy)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    summary = {
-        "server_cores": args.server_cores,
-        "sessions": args.sessions,
-        "readings_per_session": args.readings,
+    return {
+        "server_cores": cores,
+        "sessions": sessions,
+        "readings_per_session": readings,
         "seconds": round(elapsed, 3),
         "sessions_per_s": round(results.settled / elapsed, 3),
         "readings_per_s": round(results.readings / elapsed, 1),
         "errors": len(results.errors),
+        "error_samples": results.errors[:5],
         "audit_ok": report.ok,
+        "audit_reason": report.reason,
         "p50_ms": {rpc: round(statistics.median(v), 2) for rpc, v in results.latencies.items()},
         "p99_ms": {rpc: round(percentile(v, 0.99), 2) for rpc, v in results.latencies.items()},
+        "server_cpu_s": round(server1 - server0, 2),
+        "server_cores_busy": round((server1 - server0) / elapsed, 2),
+        "client_cpu_s": round(client1.user + client1.system - client0.user - client0.system, 2),
     }
+
+
+def describe(summary: dict[str, Any]) -> None:
+    print(
+        f"load: {summary['sessions']} sessions x {summary['readings_per_session']} readings, "
+        f"server on {summary['server_cores']} core(s)"
+    )
+    print(
+        f"  {summary['sessions_per_s']} sessions/s, {summary['readings_per_s']} readings/s "
+        f"in {summary['seconds']:.1f} s"
+    )
+    print(
+        f"  server CPU {summary['server_cpu_s']} s ({summary['server_cores_busy']} cores busy), "
+        f"load generator CPU {summary['client_cpu_s']} s"
+    )
+    for rpc in sorted(summary["p50_ms"]):
+        print(f"  {rpc:8s} p50 {summary['p50_ms'][rpc]:8.2f} ms   p99 {summary['p99_ms'][rpc]:8.2f} ms")
+    audit = "OK" if summary["audit_ok"] else f"FAILED {summary['audit_reason']}"
+    print(f"  errors {summary['errors']}, audit {audit}")
+    for error in summary["error_samples"]:
+        print(f"  error: {error}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--readings", type=int, default=20, help="records per session, B and end included")
+    parser.add_argument("--server-cores", type=int, default=1)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="first run the baseline on one core, then on --server-cores, and print the ratio",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.readings < 2 or args.sessions < 1:
+        parser.error("at least one session of at least 2 readings")
+    runs = [run_load(args.sessions, args.readings, 1)] if args.compare else []
+    runs.append(run_load(args.sessions, args.readings, args.server_cores))
+    ok = all(r["errors"] == 0 and r["audit_ok"] for r in runs)
+    ratio = round(runs[-1]["sessions_per_s"] / runs[0]["sessions_per_s"], 2) if args.compare else None
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        out = runs[-1] if not args.compare else {"baseline": runs[0], "run": runs[1], "ratio": ratio}
+        print(json.dumps(out, sort_keys=True))
     else:
-        print(
-            f"load: {args.sessions} sessions x {args.readings} readings, "
-            f"server on {args.server_cores} core(s)"
-        )
-        print(
-            f"  {summary['sessions_per_s']} sessions/s, {summary['readings_per_s']} readings/s "
-            f"in {elapsed:.1f} s"
-        )
-        for rpc in sorted(results.latencies):
-            print(f"  {rpc:8s} p50 {summary['p50_ms'][rpc]:8.2f} ms   p99 {summary['p99_ms'][rpc]:8.2f} ms")
-        print(
-            f"  errors {len(results.errors)}, audit {'OK' if report.ok else 'FAILED ' + str(report.reason)}"
-        )
-        for error in results.errors[:5]:
-            print(f"  error: {error}")
-    return 0 if not results.errors and report.ok else 1
+        for summary in runs:
+            describe(summary)
+        if args.compare:
+            print(f"sessions/s on {args.server_cores} cores vs 1: {ratio}x")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
