@@ -178,7 +178,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_load(sessions: int, readings: int, cores: int) -> dict[str, Any]:
+def run_load(sessions: int, readings: int, cores: int, timeout_s: float = 900) -> dict[str, Any]:
     """One server on ``cores`` cores running ``sessions`` concurrent sessions of ``readings`` records."""
     issuer = Issuer(os.urandom(32))
     with tempfile.TemporaryDirectory(prefix="escrow-load-") as tmp_name:
@@ -205,8 +205,13 @@ def run_load(sessions: int, readings: int, cores: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             start.set()
             for thread in threads:
-                thread.join(timeout=900)
+                thread.join(timeout=max(0.0, t0 + timeout_s - time.perf_counter()))
             elapsed = time.perf_counter() - t0
+            late = sum(thread.is_alive() for thread in threads)
+            if late:
+                results.errors.append(f"{late} session(s) not settled within {timeout_s:g} s")
+            if results.settled + late < sessions:
+                results.errors.append(f"{sessions - results.settled} session(s) ended without SETTLED")
             client1, server1 = os.times(), server_cpu_s(proc.pid)
             with Connection(target) as conn:
                 report = audit_target(conn, policy)
@@ -258,6 +263,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--readings", type=int, default=20, help="records per session, B and end included")
     parser.add_argument("--server-cores", type=int, default=1)
+    parser.add_argument("--timeout-s", type=float, default=900, help="bound on the timed phase (default 900)")
     parser.add_argument(
         "--compare",
         action="store_true",
@@ -267,8 +273,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.readings < 2 or args.sessions < 1:
         parser.error("at least one session of at least 2 readings")
-    runs = [run_load(args.sessions, args.readings, 1)] if args.compare else []
-    runs.append(run_load(args.sessions, args.readings, args.server_cores))
+    if not args.timeout_s > 0:
+        parser.error("--timeout-s is positive")
+    runs = [run_load(args.sessions, args.readings, 1, args.timeout_s)] if args.compare else []
+    runs.append(run_load(args.sessions, args.readings, args.server_cores, args.timeout_s))
     ok = all(r["errors"] == 0 and r["audit_ok"] for r in runs)
     ratio = round(runs[-1]["sessions_per_s"] / runs[0]["sessions_per_s"], 2) if args.compare else None
     if args.json:
