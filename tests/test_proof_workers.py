@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,3 +66,38 @@ def test_a_session_with_proofs_in_a_worker_process(tmp_path: Path, monkeypatch: 
         )
     finally:
         h.stop()
+
+
+def test_workers_leave_when_the_server_is_killed(tmp_path: Path) -> None:
+    # A server killed with SIGKILL runs no cleanup; its workers must not stay behind, blocked on the
+    # pool's queue with their tables, after every crash (the crash campaign kills servers dozens of times).
+    script = (
+        "import sys, time\n"
+        "from escrow.host.workers import ProofPool\n"
+        "pool = ProofPool(2)\n"
+        "print(' '.join(map(str, pool.worker_pids())), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]
+    )
+    try:
+        assert server.stdout is not None
+        pids = [int(p) for p in server.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        server.kill()
+        server.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "a proof worker outlived its killed server"
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

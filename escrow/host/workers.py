@@ -9,18 +9,42 @@ the same reason (CoreError pickles its reason and detail).
 The workers are trusted code in the emulated model (they compute only on what the enclave hands them
 and return results the enclave uses as its own): a real deployment would keep them inside the enclave
 boundary (several enclave threads), which the emulation does not model. Each worker builds the fixed-base
-tables once when it starts (about 2 s and 45 MB each).
+tables once when it starts (about 2 s and 45 MB each), and exits by itself once the server is gone,
+however the server ended.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 MAX_WORKERS = 64
+
+
+PARENT_POLL_S = 0.5
+
+
+def _start_worker(parent_pid: int) -> None:
+    """A worker's initializer: leave with the server, then build the tables."""
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="proof-worker-parent", daemon=True
+    ).start()
+    _warm()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker once the server is gone. A worker holds both ends of the pool's call queue, so a
+    server killed with SIGKILL (or crashing) would otherwise leave it blocked on that queue forever,
+    45 MB of tables each; the orphan is re-parented, which is what this notices."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
 
 
 def _warm() -> None:
@@ -41,9 +65,15 @@ class ProofPool:
             raise ValueError(f"proof workers is an integer in [1, {MAX_WORKERS}]")
         self.workers = workers
         context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm)
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        )
         for future in [self._pool.submit(_ready) for _ in range(workers)]:
             future.result()  # every worker is up and warm before the server answers
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (for tests and operators)."""
+        return sorted(self._pool._processes or {})
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker; its exception, if any, is raised here."""
@@ -53,5 +83,5 @@ class ProofPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ready() -> bool:
-    return True
+def _ready() -> int:
+    return os.getpid()
