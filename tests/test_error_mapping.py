@@ -58,6 +58,8 @@ INTERNAL_SITES = {
     # StoreError: the store's refusals happen inside a persist (the engine then halts and the call is
     # INTERNAL); the one a caller can cause, IDEMPOTENCY_KEY_REUSED, is checked on its own below
     ("escrow/host/store.py", "StoreError"),
+    # the same inside a persist's group commit: a failed batch halts the engine like a failed transaction
+    ("escrow/host/groupcommit.py", "StoreError"),
 }
 # Reasons a caller reaches through the internal classes above, which therefore must be in the table.
 SURFACED_INTERNAL_REASONS = {"IDEMPOTENCY_KEY_REUSED"}

@@ -5,7 +5,8 @@ application, replays the ledger and the sealed records into it (the engine check
 key and opens every sealed record), and lets it start: on an empty store the engine writes GENESIS with a
 quote over its keys; after an enclave upgrade it writes KEY. The gRPC servicers call ``call`` (an ecall by
 name with canonical bytes) and ``mutate`` (the same with DESIGN §8 idempotency); the engine calls back
-through two ocalls, ``_persist`` (one store transaction per change) and ``_quote`` (the platform's QE).
+through two ocalls, ``_persist`` (group commit: concurrent changes share one store transaction, each in
+a savepoint of its own, escrow.host.groupcommit) and ``_quote`` (the platform's QE).
 
 A ticker thread gives the engine the host's time every ``tick_interval_s`` so that deadlines and grace
 periods end without a party's request. If a persist fails the engine halts, and so does the node: it
@@ -32,7 +33,8 @@ from escrow.core.encoding import Bytes, Fixed, ListOf, Text, decode, encode
 from escrow.core.errors import CoreError
 from escrow.core.ledger import Entry
 from escrow.core.spending import OpenBody
-from escrow.host.store import Store
+from escrow.host.groupcommit import GroupCommit
+from escrow.host.store import Store, Transaction
 from escrow.host.workers import ProofPool
 
 STORE_FILE = "escrow.sqlite"
@@ -78,6 +80,10 @@ class EscrowNode:
     halted: str | None = None
     on_halt: list[Callable[[], None]] = field(default_factory=list)  # e.g. health -> NOT_SERVING
     pool: ProofPool | None = None  # worker processes for the proof work (escrow.host.workers)
+    _group: GroupCommit[dict[str, Any]] = field(init=False, repr=False)  # the persist ocall's commits
+
+    def __post_init__(self) -> None:
+        self._group = GroupCommit(self.store, apply_change)
 
     @classmethod
     def start(
@@ -214,36 +220,10 @@ class EscrowNode:
     # --- ocalls -----------------------------------------------------------------------------------
 
     def _persist(self, data: bytes) -> None:
-        """Commit one change from the engine in one store transaction (any failure propagates)."""
+        """Commit one change from the engine; returns once the group commit that holds it is durable
+        (escrow.host.groupcommit). Any failure propagates and halts the node."""
         try:
-            v = decode(eng.PERSIST_SCHEMA, data, max_len=64 << 20)
-            with self.store.transaction() as tx:
-                for raw in v["entries"]:
-                    w = decode(eng.ENTRY_WIRE, raw)
-                    entry = Entry(w["header"], w["payload"], w["signature"])
-                    height = tx.append_entry(entry)
-                    kind = entry.parsed.kind
-                    fx = entries.effects(kind, entry.payload)
-                    for out in fx.outputs:
-                        tx.add_note(height, out.index, out.commitment, out.owner_key, out.envelope)
-                    if fx.spent:
-                        tx.spend_notes(list(fx.spent), height)
-                    if fx.mint_reference is not None:
-                        tx.add_mint_reference(fx.mint_reference, height)
-                    if kind == "OPEN" and fx.session_tag is not None:
-                        body = OpenBody.from_bytes(entries.decode_payload("OPEN", entry.payload)["open_body"])
-                        tx.open_session(fx.session_tag, height, body.deadline)
-                    if kind == "SETTLE" and fx.session_tag is not None:
-                        tx.settle_session(fx.session_tag, height)
-                for raw in v["puts"]:
-                    r = decode(eng.RECORD_WIRE, raw)
-                    tx.put_sealed(r["kind"], r["object_id"], r["version"], r["blob"])
-                for raw in v["deletes"]:
-                    d = decode(eng.DELETE_WIRE, raw)
-                    tx.delete_sealed(d["kind"], d["object_id"])
-                if v["idempotency"]:
-                    k = decode(IDEMPOTENCY_KEY, v["idempotency"])
-                    tx.record_idempotent(k["method"], k["request_id"], k["body_hash"], v["response"])
+            self._group.submit(decode(eng.PERSIST_SCHEMA, data, max_len=64 << 20))
         except BaseException as e:
             self.halted = f"persist failed: {type(e).__name__}"
             for hook in self.on_halt:
@@ -333,3 +313,35 @@ def _batches(items: list[bytes]) -> list[list[bytes]]:
     if current:
         out.append(current)
     return out
+
+
+def apply_change(tx: Transaction, v: dict[str, Any]) -> None:
+    """Apply one decoded persist change (eng.PERSIST_SCHEMA) inside ``tx``: its ledger entries with the
+    notes, spends, mint reference and session rows they imply, its sealed puts and deletes, and its
+    idempotency record. Any refusal raises (the caller's savepoint or transaction rolls it back)."""
+    for raw in v["entries"]:
+        w = decode(eng.ENTRY_WIRE, raw)
+        entry = Entry(w["header"], w["payload"], w["signature"])
+        height = tx.append_entry(entry)
+        kind = entry.parsed.kind
+        fx = entries.effects(kind, entry.payload)
+        for out in fx.outputs:
+            tx.add_note(height, out.index, out.commitment, out.owner_key, out.envelope)
+        if fx.spent:
+            tx.spend_notes(list(fx.spent), height)
+        if fx.mint_reference is not None:
+            tx.add_mint_reference(fx.mint_reference, height)
+        if kind == "OPEN" and fx.session_tag is not None:
+            body = OpenBody.from_bytes(entries.decode_payload("OPEN", entry.payload)["open_body"])
+            tx.open_session(fx.session_tag, height, body.deadline)
+        if kind == "SETTLE" and fx.session_tag is not None:
+            tx.settle_session(fx.session_tag, height)
+    for raw in v["puts"]:
+        r = decode(eng.RECORD_WIRE, raw)
+        tx.put_sealed(r["kind"], r["object_id"], r["version"], r["blob"])
+    for raw in v["deletes"]:
+        d = decode(eng.DELETE_WIRE, raw)
+        tx.delete_sealed(d["kind"], d["object_id"])
+    if v["idempotency"]:
+        k = decode(IDEMPOTENCY_KEY, v["idempotency"])
+        tx.record_idempotent(k["method"], k["request_id"], k["body_hash"], v["response"])

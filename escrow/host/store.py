@@ -11,7 +11,10 @@ state change, its ledger entry and its idempotency record commit in one transact
         tx.record_idempotent("Open", request_id, body_hash, response)
 
 Any exception inside the block rolls all of it back. A refused step (``StoreError``) aborts the
-transaction at once, even if the caller catches the error: nothing in it can commit afterwards.
+transaction at once, even if the caller catches the error: nothing in it can commit afterwards. Inside
+``tx.savepoint()`` the same holds for the savepoint only: a refusal or an exception rolls back what the
+savepoint did, the savepoint raises, and the transaction goes on (group commit applies each request's
+change in a savepoint of its own, escrow.host.groupcommit).
 
 Concurrency: one connection shared by all threads, guarded by a re-entrant lock held for the whole of a
 transaction (``BEGIN IMMEDIATE`` also takes SQLite's write lock, so another process is serialised too).
@@ -332,6 +335,8 @@ class Transaction(_Reads):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn, self._thread = conn, threading.get_ident()
         self._active, self.aborted = True, False
+        self._savepoints: list[str] = []  # open savepoints, innermost last
+        self._lost = False  # the whole transaction was rolled back: nothing in it can commit
 
     def _db(self) -> sqlite3.Connection:
         self._check_usable()
@@ -344,9 +349,63 @@ class Transaction(_Reads):
             raise StoreError("TRANSACTION_ABORTED", "an earlier step was refused; nothing will commit")
 
     def _abort(self) -> None:
+        """A refused step: roll back the innermost savepoint, or the whole transaction outside one (or
+        when the savepoint cannot be rolled back, e.g. SQLite already rolled the transaction back)."""
         self.aborted = True
+        if self._savepoints and not self._lost and self._conn.in_transaction:
+            try:
+                self._conn.execute(f"ROLLBACK TO {self._savepoints[-1]}")
+                return
+            except sqlite3.Error:
+                pass
+        self._lost = True
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that fails alone: if a step inside is refused (even if the caller
+        catches it) or an exception leaves the block, what the block did is rolled back, the transaction
+        is usable again, and the block raises (the exception, or StoreError TRANSACTION_ABORTED for a
+        caught refusal). When the block ends normally its writes stay in the transaction, to commit or
+        roll back with it. Savepoints nest. If the whole transaction is lost (SQLite rolled it back on an
+        I/O error), the transaction stays aborted and cannot commit."""
+        self._check_usable()
+        name = f"sp{len(self._savepoints)}"
+        try:
+            self._conn.execute(f"SAVEPOINT {name}")
+        except sqlite3.Error as e:
+            self._abort()
+            raise StoreError("STORE_FAILED", f"savepoint: {type(e).__name__}: {e}") from e
+        self._savepoints.append(name)
+        try:
+            yield
+        except BaseException:
+            self._end_savepoint(name, rollback=True)  # if that fails too, the transaction is lost
+            raise
+        refused = self.aborted
+        if not self._end_savepoint(name, rollback=refused):
+            raise StoreError("STORE_FAILED", "the savepoint could not end; the transaction was rolled back")
+        if refused:
+            raise StoreError("TRANSACTION_ABORTED", "a step in the savepoint was refused; it was rolled back")
+
+    def _end_savepoint(self, name: str, *, rollback: bool) -> bool:
+        """Roll back (or keep) and release the innermost savepoint; False if the transaction is lost."""
+        if self._lost:
+            return False  # the transaction is gone (its savepoints with it) and stays aborted
+        assert self._savepoints and self._savepoints[-1] == name, "savepoints end innermost first"
+        self._savepoints.pop()
+        try:
+            if rollback:
+                self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+        except sqlite3.Error:
+            self._savepoints.clear()
+            self._abort()
+            return False
+        if rollback:
+            self.aborted = False
+        return True
 
     def _require_entry(self, height: int) -> None:
         if self._one("SELECT 1 FROM entries WHERE height = ?", (_uint("height", height),)) is None:
