@@ -7,7 +7,8 @@ sessions and redeem notes over real gRPC. They tolerate the server dying: a fail
 server, reconnects, attests it again (same chain, same keys) and retries the *same* request (same
 request_id), so idempotency is exercised; a reading stream is resent from the first record without an ACK
 (a repeated record gets its original ACK). Meanwhile the main loop kills the server at random delays, some
-timed right after an end reading or a STOP goes out so the kill lands inside a settlement.
+timed right after an end reading or a STOP goes out so the kill lands inside a settlement. Every other
+server runs with a proof-worker process (``--proof-workers 1``), so some kills land inside pool calls.
 
 At the end (after a clean SIGTERM restart) the whole ledger is checked: the chain verifies entry by entry,
 the auditor passes it (every proof), a replay of every entry's effects shows each note created once and
@@ -83,7 +84,9 @@ class Link:
         self.closed = False
 
     def start(self) -> None:
-        server = serve(self.data_dir, self.nv_dir, "--issuer-key", self.issuer_key.hex(), as_json=True)
+        # every other server runs its proofs in a worker process, so kills land inside pool calls too
+        pool = ["--proof-workers", "1"] if self.generation % 2 else []
+        server = serve(self.data_dir, self.nv_dir, "--issuer-key", self.issuer_key.hex(), *pool, as_json=True)
         with self.cond:
             self.server = server
             self.generation += 1

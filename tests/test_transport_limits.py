@@ -200,7 +200,7 @@ def test_an_idle_stream_is_cancelled_and_its_slot_freed(
 
 
 def test_a_stream_that_keeps_talking_is_not_idle(tmp_path: Path) -> None:
-    h = Harness.start(tmp_path, limits=Limits(stream_idle_s=0.6))
+    h = Harness.start(tmp_path, limits=Limits(stream_idle_s=1.0))
     try:
         wallet = Wallet(bytes(range(32)))
         h.fund(wallet, 500)
@@ -213,9 +213,9 @@ def test_a_stream_that_keeps_talking_is_not_idle(tmp_path: Path) -> None:
             records.append(pole.meter.reading())
 
         def paced() -> Iterator[charging_pb2.ReadingEnvelope]:
-            for r in records:  # 0.3 s apart: 1.2 s in all, twice the idle limit, never 0.6 s quiet
+            for r in records:  # 0.4 s apart: 1.6 s in all, beyond the idle limit, never 1 s quiet
                 yield pole.reading_envelope(h.a, session.session_id, r)
-                time.sleep(0.3)
+                time.sleep(0.4)
 
         acks = list(h.c.charging.StreamReadings(paced(), timeout=30))
         assert len(acks) == len(records)
@@ -352,6 +352,19 @@ def test_rate_limiter_forgets_idle_peers_beyond_its_bound(monkeypatch: pytest.Mo
     limiter.take("busy")
     limiter.take("new")  # the 12th peer: the full buckets are dropped
     assert len(limiter._buckets) <= 10
+
+
+def test_a_stream_whose_request_the_server_is_working_on_is_not_idle() -> None:
+    monitor = IdleMonitor(0.2)
+    calls: list[int] = []
+    working = monitor.watch(lambda: calls.append(1))
+    working.begin()  # a settlement proof may take longer than the idle limit
+    time.sleep(0.6)
+    assert calls == []
+    working.end()  # answered: now the client's silence counts
+    time.sleep(0.6)
+    monitor.close()
+    assert calls == [1]
 
 
 def test_idle_monitor_calls_only_the_quiet_stream_once() -> None:

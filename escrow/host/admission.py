@@ -10,9 +10,9 @@
 - **Streaming calls** (StreamReadings, StreamEntries, health Watch, reflection) may hold at most
   ``stream_slots`` threads, fewer than there are, so unary calls always find one: the stream beyond it
   is refused with RESOURCE_EXHAUSTED ``STREAMS_LIMIT``.
-- **Idle streams**: a streaming call that moves no message either way for ``stream_idle_s`` seconds is
-  cancelled by the server (the client sees CANCELLED); a pole reopens the stream to go on, as it does
-  after any refusal.
+- **Idle streams**: a streaming call that moves no message either way for ``stream_idle_s`` seconds,
+  while the server is not working on one of its requests, is cancelled by the server (the client sees
+  CANCELLED); a pole reopens the stream to go on, as it does after any refusal.
 - **Per-peer request rate**: each peer host (the IP address of the connection, any port) has a token
   bucket of ``peer_burst`` requests refilled at ``peer_rate`` per second; every call and every message
   of a stream takes one. A peer that runs dry is refused with RESOURCE_EXHAUSTED ``RATE_LIMITED`` and
@@ -118,14 +118,24 @@ class StreamSlots:
 
 
 class IdleWatch:
-    """One stream's last activity; ``IdleMonitor`` calls its ``on_idle`` once if it goes quiet."""
+    """One stream's last activity; ``IdleMonitor`` calls its ``on_idle`` once if it goes quiet. While the
+    server works on a request (``begin`` .. ``end``) the stream is not idle, however long that takes."""
 
     def __init__(self, on_idle: Callable[[], object]) -> None:
         self.on_idle = on_idle
         self.last = time.monotonic()
+        self.busy = False
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+    def begin(self) -> None:
+        """A request arrived: the server is working on it."""
+        self.busy, self.last = True, time.monotonic()
+
+    def end(self) -> None:
+        """Its answer went out: from now the client has to speak."""
+        self.busy, self.last = False, time.monotonic()
 
 
 class IdleMonitor:
@@ -159,7 +169,7 @@ class IdleMonitor:
         while not self._closed.wait(self._period):
             cutoff = time.monotonic() - self.idle_s
             with self._lock:
-                idle = [w for w in self._watches if w.last < cutoff]
+                idle = [w for w in self._watches if not w.busy and w.last < cutoff]
                 self._watches.difference_update(idle)
             for w in idle:
                 w.on_idle()

@@ -484,7 +484,7 @@ def _admitted(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.Rpc
             requests: Iterator[Any], context: grpc.ServicerContext, watch: IdleWatch
         ) -> Iterator[Any]:
             for request in requests:
-                watch.touch()
+                watch.begin()
                 gate.take(context)
                 if request is _UNDECODABLE:
                     abort(context, "REQUEST_MALFORMED", "a message is not a valid protobuf message")
@@ -494,7 +494,7 @@ def _admitted(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.Rpc
             with gate.stream(context) as watch:
                 for response in stream_behavior(checked(requests, context, watch), context):
                     yield response
-                    watch.touch()
+                    watch.end()  # one answer per request (StreamReadings: one ACK per reading)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, handler.response_serializer)
     raise ValueError("escrow.v1 has no client-streaming methods")
