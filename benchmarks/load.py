@@ -43,6 +43,7 @@ from clients.meter import SimulatedMeter  # noqa: E402
 from clients.pole import Pole, check_ack  # noqa: E402
 from clients.wallet import Wallet  # noqa: E402
 from enclave.verifier import Policy  # noqa: E402
+from escrow.host.admission import Limits  # noqa: E402
 from escrow.v1 import charging_pb2  # noqa: E402
 
 DEPOSIT, MINT = 2_000, 2_500
@@ -76,6 +77,8 @@ def start_server(tmp: Path, issuer_key: bytes, cores: int) -> tuple[subprocess.P
     argv = [sys.executable, "-m", "escrow.host.server_cli", "serve", "--data-dir", str(tmp / "data")]
     argv += ["--listen", "127.0.0.1:0", "--issuer-key", issuer_key.hex(), "--json"]
     argv += ["--proof-workers", str(cores if cores > 1 else 0)]
+    # every party runs here, on one loopback address: the per-peer shares are lifted to the whole server
+    argv += ["--peer-calls", str(Limits.rpc_threads), "--peer-streams", str(Limits.stream_slots)]
     env = {**os.environ, "ESCROW_NV_DIR": str(tmp / "nv")}
     available = sorted(os.sched_getaffinity(0))
     if cores > len(available):
@@ -271,8 +274,8 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.readings < 2 or args.sessions < 1:
-        parser.error("at least one session of at least 2 readings")
+    if args.readings < 2 or not 1 <= args.sessions <= Limits.stream_slots:
+        parser.error(f"1 to {Limits.stream_slots} sessions (one reading stream each) of at least 2 readings")
     if not args.timeout_s > 0:
         parser.error("--timeout-s is positive")
     runs = [run_load(args.sessions, args.readings, 1, args.timeout_s)] if args.compare else []

@@ -194,6 +194,8 @@ def test_a_new_chain_needs_an_issuer_key(tmp_path: Path) -> None:
         (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-rate", "0"], "--peer-rate is 1 to"),
         (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-burst", "0"], "--peer-burst is 1"),
         (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--stream-idle-s", "0"], "--stream-idle-s"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-calls", "0"], "--peer-calls is 1"),
+        (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--peer-streams", "97"], "--peer-streams"),
         (["--listen", "127.0.0.1:0", "--issuer-key", ISSUER_KEY, "--proof-workers", "-1"], "--proof-workers"),
     ],
 )

@@ -19,8 +19,9 @@ transaction contains exactly its changes that applied, each whole (a failed save
 
 1. A caller returns success only after the COMMIT of the batch that holds its change returned, and with
    ``synchronous=FULL`` a returned COMMIT is durable. So every acknowledged change is in the store.
-2. A kill before B_k's COMMIT returns loses B_k as a whole (SQLite's WAL makes a transaction atomic: a
-   frame set without its commit record is ignored on recovery). None of B_k's callers has returned yet,
+2. A kill before B_k's commit record is durable loses B_k as a whole (SQLite's WAL makes a transaction
+   atomic: a frame set without its commit record is ignored on recovery; a kill after that point is
+   case 3). None of B_k's callers has returned yet,
    so nothing in it was acknowledged, and the engine had not yet taken any of them into its in-memory
    state (it does so only after persist returns). The restart replays the store as of B_{k-1}: the same
    state as if those requests had never arrived, which is what their clients see (no answer; they
@@ -100,6 +101,8 @@ class GroupCommit(Generic[C]):
             while not own.done:
                 with self._cond:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                if not batch:  # own is queued until its batch is done, so this cannot happen: never spin
+                    raise AssertionError("group commit: the leader's own change left the queue unfinished")
                 errors, fatal = self._commit(batch)
                 with self._cond:
                     for waiter, error in zip(batch, errors, strict=True):

@@ -14,6 +14,7 @@ are escrow.host.admission's (``Limits``).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -31,7 +32,15 @@ from enclave.trusted.keybundle import KeyBundleError, check_nonce
 from escrow.core import engine as eng
 from escrow.core.encoding import BodyError, decode, encode
 from escrow.core.errors import CoreError
-from escrow.host.admission import IdleMonitor, IdleWatch, Limits, RateLimiter, StreamSlots, peer_host
+from escrow.host.admission import (
+    IdleMonitor,
+    IdleWatch,
+    Limits,
+    PeerShares,
+    RateLimiter,
+    StreamSlots,
+    peer_host,
+)
 from escrow.host.errors import DOMAIN, status_for
 from escrow.host.node import EscrowNode, HostError
 from escrow.host.store import MAX_PAGE_ENTRIES, MAX_PAGE_NOTES, StoreError
@@ -413,91 +422,131 @@ def _safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 class _Gate:
-    """The admission state of one server (escrow.host.admission), applied to every handler."""
+    """The admission state of one server (escrow.host.admission), applied to every call as it starts."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.rate = RateLimiter(limits.peer_rate, limits.peer_burst)
         self.streams = StreamSlots(limits.stream_slots)
-        self.idle = IdleMonitor(limits.stream_idle_s)
+        self.peer_calls = PeerShares(limits.peer_calls)
+        self.peer_streams = PeerShares(limits.peer_streams, streams=True)
+        self.idle = IdleMonitor(min(1.0, limits.message_wait_s / 4, limits.stream_idle_s / 4))
 
-    def take(self, context: grpc.ServicerContext) -> None:
+    def take(self, context: grpc.ServicerContext, host: str) -> None:
         """One request's token from its peer's bucket, or the call ends RATE_LIMITED."""
         try:
-            self.rate.take(peer_host(context.peer()))
+            self.rate.take(host)
         except HostError as e:
             abort(context, e.reason, e.detail)
 
     @contextmanager
-    def stream(self, context: grpc.ServicerContext) -> Iterator[IdleWatch]:
-        """A streaming slot for the call's life and an idle watch that cancels it when it goes quiet."""
+    def call(self, context: grpc.ServicerContext, *, streaming: bool) -> Iterator[IdleWatch]:
+        """Admit a call that has just started (no message read yet): its token, its peer's share of
+        the calls, for a stream a slot and its peer's share of them; and a watch that cancels the call
+        while it waits too long for the client (its first message: message_wait_s; later, for a stream:
+        stream_idle_s). Everything taken is given back exactly once when the call ends, however."""
+        host = peer_host(context.peer())
+        self.take(context, host)
+        held: list[Callable[[], None]] = []
+        released = threading.Lock()
+
+        def release() -> None:
+            if released.acquire(blocking=False):
+                for undo in reversed(held):
+                    undo()
+
         try:
-            self.streams.acquire()
+            self.peer_calls.acquire(host)
+            held.append(lambda: self.peer_calls.release(host))
+            if streaming:
+                self.streams.acquire()
+                held.append(self.streams.release)
+                self.peer_streams.acquire(host)
+                held.append(lambda: self.peer_streams.release(host))
         except HostError as e:
+            release()
             abort(context, e.reason, e.detail)
 
-        def cancel_idle() -> None:
-            log.warning("cancelling a stream idle for %g s", self.limits.stream_idle_s)
+        def cancel_quiet() -> None:
+            log.warning("cancelling a call from %s that stayed quiet", host)
             context.cancel()
 
-        watch = self.idle.watch(cancel_idle)
+        watch = self.idle.watch(cancel_quiet, self.limits.message_wait_s)
+        held.append(lambda: self.idle.unwatch(watch))
+        context.add_callback(release)  # also when grpc abandons the call without closing the generator
         try:
             yield watch
         finally:
-            self.idle.unwatch(watch)
-            self.streams.release()
+            release()
+
+
+def _first_request(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """The one request message of a unary call or server stream."""
+    request = next(requests, _UNDECODABLE)
+    if request is _UNDECODABLE:
+        abort(context, "REQUEST_MALFORMED", "the request is missing or is not a valid protobuf message")
+    return request
 
 
 def _admitted(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler behind the gate (rate, streaming slots, idle streams), and a request that
-    does not parse gets INVALID_ARGUMENT REQUEST_MALFORMED (gRPC's own answer would be INTERNAL, and its
-    failed stream would keep a connection slot)."""
+    """The same method behind the gate, registered as a bidirectional stream (the same bytes on the wire)
+    so that admission runs when the call starts, not once its request has arrived (escrow.host.admission).
+    A request that does not parse gets INVALID_ARGUMENT REQUEST_MALFORMED (gRPC's own answer would be
+    INTERNAL, and its failed stream would keep a connection slot)."""
     parse = handler.request_deserializer
     deserializer = _safe_deserializer(parse) if parse is not None else None
+    idle_s = gate.limits.stream_idle_s
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            gate.take(context)
-            if request is _UNDECODABLE:
-                abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
-            return unary(request, context)
+        def unary_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            with gate.call(context, streaming=False) as watch:
+                request = _first_request(requests, context)
+                watch.begin()
+                response = unary(request, context)
+                watch.end()
+                yield response
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, handler.response_serializer)
-    if handler.unary_stream is not None:
-        unary_stream_behavior = handler.unary_stream
+        behavior = unary_unary
+    elif handler.unary_stream is not None:
+        server_stream = handler.unary_stream
 
-        def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
-            gate.take(context)
-            if request is _UNDECODABLE:
-                abort(context, "REQUEST_MALFORMED", "the request is not a valid protobuf message")
-            with gate.stream(context) as watch:
-                for response in unary_stream_behavior(request, context):
+        def unary_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            with gate.call(context, streaming=True) as watch:
+                request = _first_request(requests, context)
+                watch.limit_s = idle_s
+                watch.begin()
+                for response in server_stream(request, context):
+                    watch.end()  # a client that stops reading blocks the yield: its silence, not ours
                     yield response
-                    watch.touch()
+                    watch.begin()
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, handler.response_serializer)
-    if handler.stream_stream is not None:
-        stream_behavior = handler.stream_stream
+        behavior = unary_stream
+    elif handler.stream_stream is not None:
+        bidi = handler.stream_stream
 
         def checked(
             requests: Iterator[Any], context: grpc.ServicerContext, watch: IdleWatch
         ) -> Iterator[Any]:
-            for request in requests:
+            for count, request in enumerate(requests):
                 watch.begin()
-                gate.take(context)
+                if count:
+                    gate.take(context, peer_host(context.peer()))  # the first came with the call's token
                 if request is _UNDECODABLE:
                     abort(context, "REQUEST_MALFORMED", "a message is not a valid protobuf message")
                 yield request
 
-        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            with gate.stream(context) as watch:
-                for response in stream_behavior(checked(requests, context, watch), context):
-                    yield response
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            with gate.call(context, streaming=True) as watch:
+                watch.limit_s = idle_s  # a stream may wait for its first message as long as for any
+                for response in bidi(checked(requests, context, watch), context):
                     watch.end()  # one answer per request (StreamReadings: one ACK per reading)
+                    yield response
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, handler.response_serializer)
-    raise ValueError("escrow.v1 has no client-streaming methods")
+        behavior = stream_stream
+    else:
+        raise ValueError("escrow.v1 has no client-streaming methods")
+    return grpc.stream_stream_rpc_method_handler(behavior, deserializer, handler.response_serializer)
 
 
 class _Registrar:

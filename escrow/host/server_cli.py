@@ -342,15 +342,23 @@ def start_node(args: argparse.Namespace, data_dir: Path) -> EscrowNode:
 
 
 def server_limits(args: argparse.Namespace) -> Limits:
-    """The transport limits from --peer-rate, --peer-burst and --stream-idle-s (exit 2 if out of range)."""
+    """The transport limits from the --peer-* and --stream-idle-s flags (exit 2 if out of range)."""
     for flag, value, low, high in (
         ("--peer-rate", args.peer_rate, 1, 1_000_000),
         ("--peer-burst", args.peer_burst, 1, 1_000_000),
+        ("--peer-calls", args.peer_calls, 1, Limits.rpc_threads),
+        ("--peer-streams", args.peer_streams, 1, Limits.stream_slots),
         ("--stream-idle-s", args.stream_idle_s, 1, 86_400),
     ):
         if not low <= value <= high:
             raise CliError(f"{flag} is {low} to {high:,}", EXIT_USAGE)
-    return Limits(peer_rate=args.peer_rate, peer_burst=args.peer_burst, stream_idle_s=args.stream_idle_s)
+    return Limits(
+        peer_rate=args.peer_rate,
+        peer_burst=args.peer_burst,
+        peer_calls=args.peer_calls,
+        peer_streams=args.peer_streams,
+        stream_idle_s=args.stream_idle_s,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -504,6 +512,21 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         default=Limits.peer_burst,
         help=f"requests a peer host may make at once before --peer-rate applies "
         f"(default {Limits.peer_burst})",
+    )
+    p.add_argument(
+        "--peer-calls",
+        metavar="N",
+        type=int,
+        default=Limits.peer_calls,
+        help=f"calls one peer host may have in flight (default {Limits.peer_calls}; beyond it CALLS_LIMIT)",
+    )
+    p.add_argument(
+        "--peer-streams",
+        metavar="N",
+        type=int,
+        default=Limits.peer_streams,
+        help=f"streaming calls one peer host may have open (default {Limits.peer_streams}; beyond it "
+        "STREAMS_LIMIT)",
     )
     p.add_argument(
         "--stream-idle-s",
