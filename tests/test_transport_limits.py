@@ -634,3 +634,23 @@ def test_stream_slots_never_wait() -> None:
     assert caught.value.reason == "STREAMS_LIMIT" and time.monotonic() - t < 0.5
     slots.release()
     slots.acquire()
+
+
+def test_a_service_registered_only_generically_is_refused_not_silently_dropped() -> None:
+    from escrow.host import grpc_server
+
+    class FakeServer:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            pass
+
+    registrar = grpc_server._Registrar(FakeServer(), grpc_server._Gate(Limits()))  # type: ignore[arg-type]
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("x.Both", {"M": handler}),))
+    registrar.add_registered_method_handlers("x.Both", {"M": handler})
+    registrar.check()  # both ways: wrapped
+    registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("x.Old", {"M": handler}),))
+    with pytest.raises(RuntimeError, match=r"x\.Old"):
+        registrar.check()

@@ -555,16 +555,30 @@ class _Registrar:
 
     def __init__(self, server: grpc.Server, gate: _Gate) -> None:
         self._server, self._gate = server, gate
+        self.generic: set[str] = set()
+        self.registered: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        """Unused: the registered handlers below are added as generic ones too."""
+        """Not passed on: generated code registers the same handlers by method too (below), which are
+        wrapped and added both ways. Which services came this way is kept for ``check``."""
+        for handler in handlers:
+            name = getattr(handler, "service_name", None)
+            self.generic.add(name() if callable(name) else repr(handler))
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
+        self.registered.add(service)
         wrapped = {name: _admitted(h, self._gate) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
+
+    def check(self) -> None:
+        """Raise if a service registered only generic handlers: it would be missing, or (added as it
+        came) outside admission. Generated code of another grpcio version might do that."""
+        unwrapped = self.generic - self.registered
+        if unwrapped:
+            raise RuntimeError(f"services registered without per-method handlers: {sorted(unwrapped)}")
 
 
 def create_server(
@@ -606,6 +620,7 @@ def create_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
         registrar,  # type: ignore[arg-type]
     )
+    registrar.check()
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as e:  # grpcio raises when it cannot bind
