@@ -89,6 +89,12 @@ def parse_decimal(text: str, places: int, what: str) -> int:
     return result
 
 
+def check_decimal_syntax(text: str, what: str) -> None:
+    """An amount's syntax alone, as parse_decimal's (before the chain's decimals are known)."""
+    if _DECIMAL.fullmatch(text.strip()) is None:
+        usage_error(f"{what} must be a plain decimal number like 12.34, not {text!r}")
+
+
 def parse_amount(text: str, decimals: int, what: str = "the amount") -> int:
     """Major units ("12.34") to minor units (1234 for 2 decimals)."""
     return parse_decimal(text, decimals, what)
@@ -355,6 +361,27 @@ def usage_error(message: str) -> NoReturn:
 
 WALLET_KIND = "wallet"
 WALLET_VERSION = 1
+
+
+MAX_REFERENCE_BYTES = 64  # a MINT's or REDEEM's reference
+
+
+def request_reference(text: str | None, prefix: str) -> bytes:
+    """--reference as bytes (1 to MAX_REFERENCE_BYTES of printable text), or a fresh random one."""
+    if text is None:
+        return f"{prefix}-{os.urandom(12).hex()}".encode()
+    raw = text.encode("utf-8", errors="surrogateescape")
+    if not 0 < len(raw) <= MAX_REFERENCE_BYTES or not text.isprintable():
+        usage_error(f"--reference is 1 to {MAX_REFERENCE_BYTES} bytes of printable text")
+    return raw
+
+
+def need_file(args: argparse.Namespace, name: str) -> str:
+    """The path given as --NAME, which this command requires."""
+    value = getattr(args, name, None)
+    if not value:
+        usage_error(f"--{name} FILE is required for {args.command}")
+    return str(value)
 
 
 def create_wallet_file(path: str, seed: bytes) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Any
 
 from clients.cli import (
@@ -30,11 +29,14 @@ from clients.cli import (
     CliError,
     add_shared_options,
     attested_chain,
+    check_decimal_syntax,
     emit,
     format_amount,
+    need_file,
     parse_amount,
     policy_from,
     read_json_secret,
+    request_reference,
     run,
     usage_error,
     write_json_secret,
@@ -46,8 +48,6 @@ from zk.stealth import Address, StealthError
 PROG = "escrow-issuer"
 KEYS_KIND = "issuer-keys"
 KEYS_VERSION = 1
-MAX_REFERENCE_BYTES = 64  # the MINT body's mint_reference
-_AMOUNT = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")  # clients.cli.parse_decimal's syntax
 
 
 def _read_issuer(path: str) -> Issuer:
@@ -66,7 +66,7 @@ def _read_issuer(path: str) -> Issuer:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    path = _need(args, "keys")
+    path = need_file(args, "keys")
     if os.path.lexists(path):
         raise CliError(
             "SECRET_FILE_EXISTS",
@@ -94,7 +94,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    path = _need(args, "keys")
+    path = need_file(args, "keys")
     issuer = _read_issuer(path)
     public = issuer.public_key.hex()
     emit(
@@ -106,7 +106,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_mint(args: argparse.Namespace) -> int:
-    path = _need(args, "keys")
+    path = need_file(args, "keys")
     try:
         address = Address.from_text(args.to.strip())
     except StealthError as e:
@@ -116,8 +116,8 @@ def cmd_mint(args: argparse.Namespace) -> int:
             "copy the esc1... address the wallet printed",
             EXIT_USAGE,
         ) from None
-    _check_syntax(args.amount, "--amount")  # before connecting
-    reference = _reference(args.reference)
+    check_decimal_syntax(args.amount, "--amount")  # before connecting
+    reference = request_reference(args.reference, "mint")
     issuer = _read_issuer(path)
     with attested_chain(args) as chain:
         amount = parse_amount(args.amount, chain.decimals, "--amount")
@@ -208,28 +208,6 @@ def _text(raw: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     return text if text.isprintable() else None
-
-
-def _reference(text: str | None) -> bytes:
-    if text is None:
-        return f"mint-{os.urandom(12).hex()}".encode()
-    raw = text.encode("utf-8", errors="surrogateescape")
-    if not 0 < len(raw) <= MAX_REFERENCE_BYTES or not text.isprintable():
-        usage_error(f"--reference is 1 to {MAX_REFERENCE_BYTES} bytes of printable text")
-    return raw
-
-
-def _check_syntax(text: str, what: str) -> None:
-    """An amount's syntax (the chain's decimals are known only once connected): as parse_decimal's."""
-    if _AMOUNT.fullmatch(text.strip()) is None:
-        usage_error(f"{what} must be a plain decimal number like 12.34, not {text!r}")
-
-
-def _need(args: argparse.Namespace, name: str) -> str:
-    value = getattr(args, name, None)
-    if not value:
-        usage_error(f"--{name} FILE is required for {args.command}")
-    return str(value)
 
 
 def _add_shared(parser: argparse.ArgumentParser, names: tuple[str, ...], *, suppress: bool) -> None:

@@ -55,14 +55,17 @@ from clients.cli import (
     CliError,
     add_shared_options,
     attested_chain,
+    check_decimal_syntax,
     create_wallet_file,
     emit,
     format_amount,
     format_price,
+    need_file,
     parse_amount,
     parse_decimal,
     parse_price,
     read_wallet_file,
+    request_reference,
     run,
     say,
     usage_error,
@@ -108,9 +111,7 @@ TARIFF_VALIDITY_S = 365 * 86400
 TARIFF_RENEW_S = 30 * 86400  # an unchanged tariff is published again when it expires within this
 _ID = re.compile(r"[!-~]{1,64}")  # pole and EVSE ids: printable ASCII without spaces (escrow: <= 64)
 _SESSION_HEX = re.compile(r"[0-9a-fA-F]{32}")
-_AMOUNT = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")  # clients.cli.parse_decimal's syntax
 _LIMIT_TEXT = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?")
-MAX_REFERENCE_BYTES = 64
 
 SETTLED = charging_pb2.SESSION_STATE_SETTLED
 _STATE_NAMES = {
@@ -216,7 +217,7 @@ def _fingerprint(public_der: bytes) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    keys_path, wallet_path = _need(args, "keys"), _need(args, "wallet")
+    keys_path, wallet_path = need_file(args, "keys"), need_file(args, "wallet")
     pole_id = args.pole_id or f"POLE-{os.urandom(4).hex().upper()}"
     _check_id(pole_id, "--pole-id")
     if os.path.lexists(keys_path):
@@ -285,7 +286,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    kf = KeyFile.open(_need(args, "keys"))
+    kf = KeyFile.open(need_file(args, "keys"))
     meter = kf.meter()
     pole = kf.pole(os.urandom(32), meter)
     registered = kf.data.get("registered")
@@ -317,7 +318,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    kf = KeyFile.open(_need(args, "keys"))
+    kf = KeyFile.open(need_file(args, "keys"))
     keys = kf.data
     registered = keys.get("registered")
     evse_id = args.evse_id or keys.get("evse_id")
@@ -331,8 +332,8 @@ def cmd_register(args: argparse.Namespace) -> int:
             "a registration cannot change; omit --evse-id, or init a new pole for another EVSE",
             EXIT_USAGE,
         )
-    _check_syntax(args.price_per_kwh, "--price-per-kwh")  # before connecting
-    _check_syntax(args.session_fee, "--session-fee")
+    check_decimal_syntax(args.price_per_kwh, "--price-per-kwh")  # before connecting
+    check_decimal_syntax(args.session_fee, "--session-fee")
     with attested_chain(args) as chain:
         if args.currency is not None and args.currency != chain.currency:
             raise CliError(
@@ -533,14 +534,14 @@ def cmd_charge(args: argparse.Namespace) -> int:
     if interval_s > MAX_INTERVAL_S:
         usage_error(f"--interval-s is at most {MAX_INTERVAL_S}")
     plan = _plan(total_kwh, power_kw, interval_s)
-    kf = KeyFile.open(_need(args, "keys"))
+    kf = KeyFile.open(need_file(args, "keys"))
     if not kf.data.get("registered") or not isinstance(kf.data.get("tariff"), dict):
         raise CliError(
             "POLE_NOT_REGISTERED",
             f"pole {kf.data.get('pole_id')} has no registration or tariff in {kf.path}",
             f"run {PROG} --keys {kf.path} register --evse-id ID --price-per-kwh AMOUNT first",
         )
-    payout_seed = bytes.fromhex(read_wallet_file(_need(args, "wallet"))["seed"])
+    payout_seed = bytes.fromhex(read_wallet_file(need_file(args, "wallet"))["seed"])
     meter = kf.meter()
     pole = kf.pole(payout_seed, meter)
     tariff = Tariff.from_bytes(pole.tariff_body)
@@ -823,7 +824,7 @@ def _limit_kwh(text: str, unit: str) -> Decimal:
 
 
 def _scanned(args: argparse.Namespace, chain: Chain) -> Wallet:
-    wallet = Wallet(bytes.fromhex(read_wallet_file(_need(args, "wallet"))["seed"]))
+    wallet = Wallet(bytes.fromhex(read_wallet_file(need_file(args, "wallet"))["seed"]))
     try:
         wallet.scan(chain.connection, chain.attested)
     except WalletError as e:
@@ -844,7 +845,7 @@ def _notes(wallet: Wallet, chain: Chain) -> list[dict[str, Any]]:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    _need(args, "wallet")
+    need_file(args, "wallet")
     with attested_chain(args) as chain:
         wallet = _scanned(args, chain)
         notes = _notes(wallet, chain)
@@ -869,9 +870,9 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_redeem(args: argparse.Namespace) -> int:
-    _need(args, "wallet")
-    _check_syntax(args.amount, "--amount")  # before connecting
-    reference = _reference(args.reference, "redeem")
+    need_file(args, "wallet")
+    check_decimal_syntax(args.amount, "--amount")  # before connecting
+    reference = request_reference(args.reference, "redeem")
     with attested_chain(args) as chain:
         amount = parse_amount(args.amount, chain.decimals, "--amount")
         if amount == 0:
@@ -915,28 +916,6 @@ def cmd_redeem(args: argparse.Namespace) -> int:
 
 
 # --- shared bits ----------------------------------------------------------------------------------------
-
-
-def _reference(text: str | None, prefix: str) -> bytes:
-    if text is None:
-        return f"{prefix}-{os.urandom(12).hex()}".encode()
-    raw = text.encode("utf-8", errors="surrogateescape")
-    if not 0 < len(raw) <= MAX_REFERENCE_BYTES or not text.isprintable():
-        usage_error(f"--reference is 1 to {MAX_REFERENCE_BYTES} bytes of printable text")
-    return raw
-
-
-def _check_syntax(text: str, what: str) -> None:
-    """An amount's syntax (the chain's decimals are known only once connected): as parse_decimal's."""
-    if _AMOUNT.fullmatch(text.strip()) is None:
-        usage_error(f"{what} must be a plain decimal number like 12.34, not {text!r}")
-
-
-def _need(args: argparse.Namespace, name: str) -> str:
-    value = getattr(args, name, None)
-    if not value:
-        usage_error(f"--{name} FILE is required for {args.command}")
-    return str(value)
 
 
 def _check_id(value: str, option: str) -> None:
