@@ -206,11 +206,6 @@ class IdleWatch:
         """Its answer is ready: from now on waiting is the client's (to read it, or to speak)."""
         self.busy, self.last = False, time.monotonic()
 
-    def wait_for(self, limit_s: float) -> None:
-        """Quiet again, now with ``limit_s`` (a stream's idle limit once its first request came)."""
-        self.limit_s = limit_s
-        self.end()
-
 
 class IdleMonitor:
     """One thread for every watched call (started when the first is watched, gone when none is left): a
@@ -234,10 +229,6 @@ class IdleMonitor:
     def unwatch(self, w: IdleWatch) -> None:
         with self._lock:
             self._watches.discard(w)
-
-    def watched(self) -> int:
-        with self._lock:
-            return len(self._watches)
 
     def _run(self) -> None:
         while True:
