@@ -528,10 +528,11 @@ def _admitted(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.Rpc
         def checked(
             requests: Iterator[Any], context: grpc.ServicerContext, watch: IdleWatch
         ) -> Iterator[Any]:
+            host = peer_host(context.peer())  # once per stream, not per message
             for count, request in enumerate(requests):
                 watch.begin()
                 if count:
-                    gate.take(context, peer_host(context.peer()))  # the first came with the call's token
+                    gate.take(context, host)  # the first message came with the call's token
                 if request is _UNDECODABLE:
                     abort(context, "REQUEST_MALFORMED", "a message is not a valid protobuf message")
                 yield request
